@@ -1,0 +1,89 @@
+// Context: lazy CUDA objects, scratch arena, allocation and copies on the context's device.
+#include "engine/context.h"
+
+#include <omp.h>
+
+#include <cstring>
+
+#include "engine/device.h"
+
+namespace dynsim {
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::FP32: return "fp32";
+    case Precision::TF32: return "tf32";
+    case Precision::BF16: return "bf16";
+  }
+  return "?";
+}
+
+void* ScratchArena::get(size_t bytes) {
+  if (!buf_ || buf_->bytes < bytes) {
+    buf_.reset();  // free first: the arena never holds two buffers
+    buf_ = std::make_unique<Storage>(bytes + bytes / 4, device_, index_);
+  }
+  return buf_->data;
+}
+
+Context::Context(const ContextOptions& o)
+    : opt_(o), rng_(o.seed), scratch_(o.device, o.device_index) {
+  threads_ = o.threads > 0 ? o.threads : omp_get_num_procs();
+  if (o.device == Device::Cuda) {
+    int n = cuda_device_count();
+    if (o.device_index < 0 || o.device_index >= n)
+      throw Error(concat("cuda:", o.device_index, " requested but ", n, " CUDA device(s) found",
+                      cuda_compiled() ? "" : " (this build has no CUDA backend)"));
+  } else if (o.precision != Precision::FP32) {
+    throw Error(concat("precision ", precision_name(o.precision), " needs a CUDA device"));
+  }
+}
+
+Context::~Context() {
+  if (cudnn_) cudnn_handle_destroy(cudnn_);
+  if (cublas_) cublas_handle_destroy(cublas_);
+  if (stream_) cuda_stream_destroy(stream_);
+}
+
+void* Context::stream() {
+  if (opt_.device != Device::Cuda) return nullptr;
+  if (!stream_) stream_ = cuda_stream_create(opt_.device_index);
+  return stream_;
+}
+void* Context::cublas() {
+  if (!cublas_) cublas_ = cublas_handle_create(stream(), opt_.precision != Precision::FP32);
+  return cublas_;
+}
+void* Context::cudnn() {
+  if (!cudnn_) cudnn_ = cudnn_handle_create(stream());
+  return cudnn_;
+}
+void Context::synchronize() {
+  if (stream_) cuda_stream_sync(stream_);
+}
+
+Tensor Context::empty(const Shape& s, DType t) const {
+  return Tensor::empty(s, t, opt_.device, opt_.device_index);
+}
+Tensor Context::zeros(const Shape& s, DType t) const {
+  return Tensor::zeros(s, t, opt_.device, opt_.device_index);
+}
+void Context::copy(const Tensor& dst, const Tensor& src) {
+  if (dst.shape() != src.shape() || dst.dtype() != src.dtype())
+    throw Error(concat("copy from ", src.str(), " into ", dst.str(), ": shapes or dtypes differ"));
+  bool to_cuda = dst.device() == Device::Cuda, from_cuda = src.device() == Device::Cuda;
+  device_memcpy(dst.raw(), to_cuda, src.raw(), from_cuda, src.nbytes(),
+                (to_cuda || from_cuda) ? stream() : nullptr);
+}
+Tensor Context::to_device(const Tensor& t) {
+  Tensor r = empty(t.shape(), t.dtype());
+  copy(r, t);
+  return r;
+}
+Tensor Context::to_host(const Tensor& t) {
+  Tensor r = Tensor::empty(t.shape(), t.dtype());
+  copy(r, t);
+  return r;
+}
+
+}  // namespace dynsim

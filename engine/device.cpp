@@ -1,0 +1,115 @@
+// Device memory, copies and device discovery. The one engine file that switches on the CUDA
+// build; kernels switch in kernels/dispatch.h only.
+#include "engine/device.h"
+
+#include <cstring>
+
+#include "engine/errors.h"
+#if DYNSIM_WITH_CUDA
+#include "engine/cuda_check.h"
+#endif
+
+namespace dynsim {
+
+#if DYNSIM_WITH_CUDA
+bool cuda_compiled() { return true; }
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+std::vector<GpuInfo> cuda_devices() {
+  std::vector<GpuInfo> out;
+  for (int i = 0; i < cuda_device_count(); ++i) {
+    cudaDeviceProp p{};
+    DYNSIM_CUDA_CHECK(cudaGetDeviceProperties(&p, i));
+    out.push_back({i, p.name, p.major, p.minor, p.totalGlobalMem});
+  }
+  return out;
+}
+std::string cuda_versions() {
+  int rt = 0, drv = 0;
+  cudaRuntimeGetVersion(&rt);
+  cudaDriverGetVersion(&drv);
+  size_t dnn = cudnnGetVersion();
+  int blas = 0;
+  cublasGetProperty(MAJOR_VERSION, &blas);
+  int blas_minor = 0;
+  cublasGetProperty(MINOR_VERSION, &blas_minor);
+  return concat("CUDA runtime ", rt / 1000, ".", (rt % 1000) / 10, ", driver ",
+             drv ? concat(drv / 1000, ".", (drv % 1000) / 10) : std::string("none"), ", cuDNN ",
+             dnn / 10000, ".", (dnn % 10000) / 100, ".", dnn % 100, ", cuBLAS ", blas, ".",
+             blas_minor);
+}
+void* device_malloc(size_t bytes, int index) {
+  int prev = 0;
+  DYNSIM_CUDA_CHECK(cudaGetDevice(&prev));
+  DYNSIM_CUDA_CHECK(cudaSetDevice(index));
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  cudaSetDevice(prev);
+  if (e != cudaSuccess)
+    throw Error(concat("cudaMalloc of ", bytes, " bytes on cuda:", index, " failed: ",
+                    cudaGetErrorString(e)));
+  return p;
+}
+void device_free(void* p, int) noexcept { cudaFree(p); }
+void device_memcpy(void* dst, bool dst_cuda, const void* src, bool src_cuda, size_t bytes,
+                   void* stream) {
+  if (!dst_cuda && !src_cuda) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  auto s = static_cast<cudaStream_t>(stream);
+  DYNSIM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
+  if (!dst_cuda || s == nullptr) DYNSIM_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+void* cuda_stream_create(int index) {
+  DYNSIM_CUDA_CHECK(cudaSetDevice(index));
+  cudaStream_t s = nullptr;
+  DYNSIM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+void cuda_stream_destroy(void* s) noexcept { cudaStreamDestroy(static_cast<cudaStream_t>(s)); }
+void cuda_stream_sync(void* s) { DYNSIM_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(s))); }
+void* cublas_handle_create(void* stream, bool allow_tf32) {
+  cublasHandle_t h = nullptr;
+  CUBLAS_CHECK(cublasCreate(&h));
+  CUBLAS_CHECK(cublasSetStream(h, static_cast<cudaStream_t>(stream)));
+  CUBLAS_CHECK(cublasSetMathMode(h, allow_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+  return h;
+}
+void cublas_handle_destroy(void* h) noexcept { cublasDestroy(static_cast<cublasHandle_t>(h)); }
+void* cudnn_handle_create(void* stream) {
+  cudnnHandle_t h = nullptr;
+  CUDNN_CHECK(cudnnCreate(&h));
+  CUDNN_CHECK(cudnnSetStream(h, static_cast<cudaStream_t>(stream)));
+  return h;
+}
+void cudnn_handle_destroy(void* h) noexcept { cudnnDestroy(static_cast<cudnnHandle_t>(h)); }
+#else
+static const char* kNoCuda = "this dynsim was built without CUDA (rebuild with nvcc present)";
+bool cuda_compiled() { return false; }
+int cuda_device_count() { return 0; }
+std::vector<GpuInfo> cuda_devices() { return {}; }
+std::string cuda_versions() { return "not compiled"; }
+void* device_malloc(size_t, int) { throw NotImplemented(kNoCuda); }
+void device_free(void*, int) noexcept {}
+void device_memcpy(void* dst, bool dst_cuda, const void* src, bool src_cuda, size_t bytes,
+                   void*) {
+  if (dst_cuda || src_cuda) throw NotImplemented(kNoCuda);
+  std::memcpy(dst, src, bytes);
+}
+void* cuda_stream_create(int) { throw NotImplemented(kNoCuda); }
+void cuda_stream_destroy(void*) noexcept {}
+void cuda_stream_sync(void*) {}
+void* cublas_handle_create(void*, bool) { throw NotImplemented(kNoCuda); }
+void cublas_handle_destroy(void*) noexcept {}
+void* cudnn_handle_create(void*) { throw NotImplemented(kNoCuda); }
+void cudnn_handle_destroy(void*) noexcept {}
+#endif
+
+}  // namespace dynsim

@@ -1,0 +1,12 @@
+// NumPy .npy files (format 1.0/2.0/3.0, little-endian, C order): f32, f64, i32, plus i64 read
+// as i32 (range-checked) and bool/u8 read as i32. Writes go to a temporary file that is renamed
+// into place, so a failed write never leaves a half-written file.
+#pragma once
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace dynsim {
+Tensor load_npy(const std::string& path);                  // NoInputError / DataError
+void save_npy(const std::string& path, const Tensor& t);   // host tensor; IoError
+}  // namespace dynsim

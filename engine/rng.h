@@ -1,0 +1,138 @@
+// Counter-based RNG (Philox4x32-10, Salmon et al. 2011) shared by CPU and CUDA code, so that a
+// (seed, offset) pair gives the same stream on both. Element i of a draw uses counter
+// (offset + i, attempt); uniforms are bit-identical everywhere. Normals use Marsaglia's polar
+// method with a log built from correctly rounded +,-,*,/ only (no libm, no FMA contraction), so
+// they are bit-identical on CPU and GPU too.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define DYNSIM_HD __host__ __device__ __forceinline__
+#else
+#define DYNSIM_HD inline
+#endif
+
+namespace dynsim::rng {
+
+struct U4 {
+  uint32_t v[4];
+};
+
+DYNSIM_HD U4 philox4x32_10(U4 c, uint32_t k0, uint32_t k1) {
+  for (int r = 0; r < 10; ++r) {
+    uint64_t p0 = uint64_t(0xD2511F53u) * c.v[0];
+    uint64_t p1 = uint64_t(0xCD9E8D57u) * c.v[2];
+    U4 n;
+    n.v[0] = uint32_t(p1 >> 32) ^ c.v[1] ^ k0;
+    n.v[1] = uint32_t(p1);
+    n.v[2] = uint32_t(p0 >> 32) ^ c.v[3] ^ k1;
+    n.v[3] = uint32_t(p0);
+    c = n;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c;
+}
+
+// Four 32-bit words for counter (index, attempt) under a 64-bit seed.
+DYNSIM_HD U4 bits(uint64_t seed, uint64_t index, uint32_t attempt) {
+  U4 c{{uint32_t(index), uint32_t(index >> 32), attempt, 0u}};
+  return philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
+}
+
+// Uniform in [0, 1) with 24 random bits (exact in float).
+DYNSIM_HD float uniform_f32(uint32_t x) { return float(x >> 8) * (1.0f / 16777216.0f); }
+
+// Correctly rounded double operations that the compiler may not fuse.
+#if defined(__CUDA_ARCH__)
+DYNSIM_HD double rn_mul(double a, double b) { return __dmul_rn(a, b); }
+DYNSIM_HD double rn_add(double a, double b) { return __dadd_rn(a, b); }
+DYNSIM_HD int64_t bits_of(double x) { return __double_as_longlong(x); }
+DYNSIM_HD double from_bits(int64_t b) { return __longlong_as_double(b); }
+#else
+DYNSIM_HD double rn_mul(double a, double b) {
+  volatile double r = a * b;  // volatile: keep the rounding step even under -ffp-contract=fast
+  return r;
+}
+DYNSIM_HD double rn_add(double a, double b) {
+  volatile double r = a + b;
+  return r;
+}
+DYNSIM_HD int64_t bits_of(double x) {
+  int64_t b;
+  __builtin_memcpy(&b, &x, 8);
+  return b;
+}
+DYNSIM_HD double from_bits(int64_t b) {
+  double x;
+  __builtin_memcpy(&x, &b, 8);
+  return x;
+}
+#endif
+
+// Natural log of a positive, normal double, to ~1 ulp, from basic operations only:
+// x = m * 2^e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m-1)/(m+1).
+DYNSIM_HD double portable_log(double x) {
+  int64_t b = bits_of(x);
+  int e = int((b >> 52) & 0x7ff) - 1023;
+  double m = from_bits((b & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
+  if (m > 1.4142135623730951) {
+    m = rn_mul(m, 0.5);
+    e += 1;
+  }
+  double s = (m - 1.0) / (m + 1.0);
+  double s2 = rn_mul(s, s);
+  double poly = 1.0 / 25.0;  // Horner over 1/(2k+1), k = 12..0; |s| < 0.172 so s^26 < 1e-19
+  for (int k = 11; k >= 0; --k) poly = rn_add(rn_mul(poly, s2), 1.0 / double(2 * k + 1));
+  double logm = rn_mul(rn_mul(2.0, s), poly);
+  return rn_add(rn_mul(double(e), 0.6931471805599453), logm);
+}
+
+// Standard normal for element `index` of the stream `seed`.
+DYNSIM_HD double normal(uint64_t seed, uint64_t index) {
+  for (uint32_t attempt = 0;; ++attempt) {
+    U4 r = bits(seed, index, attempt);
+    for (int p = 0; p < 4; p += 2) {
+      double u = rn_mul(double(int32_t(r.v[p])) + 0.5, 1.0 / 2147483648.0);
+      double v = rn_mul(double(int32_t(r.v[p + 1])) + 0.5, 1.0 / 2147483648.0);
+      double s = rn_add(rn_mul(u, u), rn_mul(v, v));
+      if (s < 1.0 && s > 0.0) {
+        double f = rn_mul(-2.0, portable_log(s)) / s;
+        return rn_mul(u, sqrt(f));  // sqrt is correctly rounded on both sides
+      }
+    }
+  }
+}
+
+// mean + std * z with z rounded to T first; the same rounding on every device.
+template <class T>
+DYNSIM_HD double affine_normal(uint64_t seed, uint64_t index, double mean, double std) {
+  return rn_add(mean, rn_mul(std, double(T(normal(seed, index)))));
+}
+
+}  // namespace dynsim::rng
+
+namespace dynsim {
+// The context's stream: a seed and a running offset. Each draw reserves a block of indices.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed = 0) : seed_(seed) {}
+  uint64_t seed() const { return seed_; }
+  uint64_t offset() const { return offset_; }
+  void set_state(uint64_t seed, uint64_t offset) {
+    seed_ = seed;
+    offset_ = offset;
+  }
+  // Reserves n indices and returns the first.
+  uint64_t advance(uint64_t n) {
+    uint64_t o = offset_;
+    offset_ += n;
+    return o;
+  }
+
+ private:
+  uint64_t seed_ = 0;
+  uint64_t offset_ = 0;
+};
+}  // namespace dynsim

@@ -1,0 +1,238 @@
+// The one device switch: ops::<op>(ctx, ...) runs the CPU twin or the CUDA kernel according to
+// the context's device. Models, solvers and the scheduler call only these. An op without a
+// CUDA implementation yet throws NotImplemented naming itself when called on a CUDA context.
+#pragma once
+#include "kernels/conv2d.h"
+#include "kernels/elementwise.h"
+#include "kernels/linear.h"
+#include "kernels/losses.h"
+#include "kernels/noise.h"
+#include "kernels/pool2d.h"
+#include "kernels/reduce.h"
+#include "kernels/resize.h"
+#include "kernels/softplus.h"
+#include "kernels/supralinearity.h"
+
+namespace dynsim::ops {
+
+inline bool on_cuda(const Context& c) {
+  return c.device() == Device::Cuda;
+}
+[[noreturn]] inline void no_cuda(const char* op) {
+  throw NotImplemented(concat(op, ": no CUDA implementation in this build"));
+}
+
+constexpr bool kCudaBuilt = DYNSIM_WITH_CUDA;
+
+inline void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
+                           const Tensor& b, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::conv2d_forward(c, p, x, w, b, y);
+  no_cuda("conv2d_forward");
+}
+inline void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& grad_y,
+                            const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                            const Tensor& grad_w, const Tensor& grad_b, GradMode m) {
+  if (!on_cuda(c)) return cpu::conv2d_backward(c, p, grad_y, x, w, grad_x, grad_w, grad_b, m);
+  no_cuda("conv2d_backward");
+}
+inline void add(Context& c, const Tensor& a, const Tensor& b, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::add(c, a, b, y);
+  if constexpr (kCudaBuilt) return cuda::add(c, a, b, y);
+  no_cuda("add");
+}
+inline void mul(Context& c, const Tensor& a, const Tensor& b, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::mul(c, a, b, y);
+  if constexpr (kCudaBuilt) return cuda::mul(c, a, b, y);
+  no_cuda("mul");
+}
+inline void mul_backward(Context& c, const Tensor& grad_y, const Tensor& a, const Tensor& b,
+                         const Tensor& grad_a, const Tensor& grad_b, GradMode m) {
+  if (!on_cuda(c)) return cpu::mul_backward(c, grad_y, a, b, grad_a, grad_b, m);
+  if constexpr (kCudaBuilt) return cuda::mul_backward(c, grad_y, a, b, grad_a, grad_b, m);
+  no_cuda("mul_backward");
+}
+inline void axpy(Context& c, double alpha, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::axpy(c, alpha, x, y);
+  if constexpr (kCudaBuilt) return cuda::axpy(c, alpha, x, y);
+  no_cuda("axpy");
+}
+inline void scale(Context& c, double alpha, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::scale(c, alpha, x, y);
+  if constexpr (kCudaBuilt) return cuda::scale(c, alpha, x, y);
+  no_cuda("scale");
+}
+inline void fill(Context& c, double value, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::fill(c, value, y);
+  if constexpr (kCudaBuilt) return cuda::fill(c, value, y);
+  no_cuda("fill");
+}
+inline void relu_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::relu_forward(c, x, y);
+  if constexpr (kCudaBuilt) return cuda::relu_forward(c, x, y);
+  no_cuda("relu_forward");
+}
+inline void relu_backward(Context& c, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x,
+                          GradMode m) {
+  if (!on_cuda(c)) return cpu::relu_backward(c, x, grad_y, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::relu_backward(c, x, grad_y, grad_x, m);
+  no_cuda("relu_backward");
+}
+inline void linear_forward(Context& c, const Tensor& x, const Tensor& w, const Tensor& b,
+                           const Tensor& y) {
+  if (!on_cuda(c)) return cpu::linear_forward(c, x, w, b, y);
+  no_cuda("linear_forward");
+}
+inline void linear_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& w,
+                            const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
+                            GradMode m) {
+  if (!on_cuda(c)) return cpu::linear_backward(c, grad_y, x, w, grad_x, grad_w, grad_b, m);
+  no_cuda("linear_backward");
+}
+inline void cross_entropy_forward(Context& c, const CrossEntropyParams& p, const Tensor& logits,
+                                  const Tensor& labels, const Tensor& loss) {
+  if (!on_cuda(c)) return cpu::cross_entropy_forward(c, p, logits, labels, loss);
+  no_cuda("cross_entropy_forward");
+}
+inline void cross_entropy_backward(Context& c, const CrossEntropyParams& p, const Tensor& grad_loss,
+                                   const Tensor& logits, const Tensor& labels,
+                                   const Tensor& grad_logits, GradMode m) {
+  if (!on_cuda(c))
+    return cpu::cross_entropy_backward(c, p, grad_loss, logits, labels, grad_logits, m);
+  no_cuda("cross_entropy_backward");
+}
+inline void poisson_nll_forward(Context& c, const PoissonNllParams& p, const Tensor& pred,
+                                const Tensor& target, const Tensor& loss) {
+  if (!on_cuda(c)) return cpu::poisson_nll_forward(c, p, pred, target, loss);
+  no_cuda("poisson_nll_forward");
+}
+inline void poisson_nll_backward(Context& c, const PoissonNllParams& p, const Tensor& grad_loss,
+                                 const Tensor& pred, const Tensor& target, const Tensor& grad_pred,
+                                 GradMode m) {
+  if (!on_cuda(c)) return cpu::poisson_nll_backward(c, p, grad_loss, pred, target, grad_pred, m);
+  no_cuda("poisson_nll_backward");
+}
+inline void mse_forward(Context& c, const Tensor& pred, const Tensor& target, const Tensor& loss) {
+  if (!on_cuda(c)) return cpu::mse_forward(c, pred, target, loss);
+  no_cuda("mse_forward");
+}
+inline void mse_backward(Context& c, const Tensor& grad_loss, const Tensor& pred,
+                         const Tensor& target, const Tensor& grad_pred, const Tensor& grad_target,
+                         GradMode m) {
+  if (!on_cuda(c)) return cpu::mse_backward(c, grad_loss, pred, target, grad_pred, grad_target, m);
+  no_cuda("mse_backward");
+}
+inline void fill_normal(Context& c, uint64_t seed, uint64_t offset, double mean, double std,
+                        const Tensor& y) {
+  if (!on_cuda(c)) return cpu::fill_normal(c, seed, offset, mean, std, y);
+  if constexpr (kCudaBuilt) return cuda::fill_normal(c, seed, offset, mean, std, y);
+  no_cuda("fill_normal");
+}
+inline void fill_uniform_bits(Context& c, uint64_t seed, uint64_t offset, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::fill_uniform_bits(c, seed, offset, y);
+  if constexpr (kCudaBuilt) return cuda::fill_uniform_bits(c, seed, offset, y);
+  no_cuda("fill_uniform_bits");
+}
+inline void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y,
+                              const Tensor& argmax) {
+  if (!on_cuda(c)) return cpu::maxpool2d_forward(c, p, x, y, argmax);
+  no_cuda("maxpool2d_forward");
+}
+inline void maxpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
+                               const Tensor& argmax, const Tensor& grad_x, GradMode m) {
+  if (!on_cuda(c)) return cpu::maxpool2d_backward(c, p, grad_y, argmax, grad_x, m);
+  no_cuda("maxpool2d_backward");
+}
+inline void avgpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::avgpool2d_forward(c, p, x, y);
+  no_cuda("avgpool2d_forward");
+}
+inline void avgpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
+                               const Tensor& grad_x, GradMode m) {
+  if (!on_cuda(c)) return cpu::avgpool2d_backward(c, p, grad_y, grad_x, m);
+  no_cuda("avgpool2d_backward");
+}
+inline void sum_all_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::sum_all_forward(c, x, y);
+  no_cuda("sum_all_forward");
+}
+inline void sum_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (!on_cuda(c)) return cpu::sum_all_backward(c, grad_y, grad_x, m);
+  no_cuda("sum_all_backward");
+}
+inline void mean_all_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::mean_all_forward(c, x, y);
+  no_cuda("mean_all_forward");
+}
+inline void mean_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (!on_cuda(c)) return cpu::mean_all_backward(c, grad_y, grad_x, m);
+  no_cuda("mean_all_backward");
+}
+inline void sum_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::sum_hw_forward(c, x, y);
+  no_cuda("sum_hw_forward");
+}
+inline void sum_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (!on_cuda(c)) return cpu::sum_hw_backward(c, grad_y, grad_x, m);
+  no_cuda("sum_hw_backward");
+}
+inline void mean_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::mean_hw_forward(c, x, y);
+  no_cuda("mean_hw_forward");
+}
+inline void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (!on_cuda(c)) return cpu::mean_hw_backward(c, grad_y, grad_x, m);
+  no_cuda("mean_hw_backward");
+}
+inline void resize_nearest_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::resize_nearest_forward(c, x, y);
+  no_cuda("resize_nearest_forward");
+}
+inline void resize_nearest_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x,
+                                    GradMode m) {
+  if (!on_cuda(c)) return cpu::resize_nearest_backward(c, grad_y, grad_x, m);
+  no_cuda("resize_nearest_backward");
+}
+inline void softplus_forward(Context& c, const Tensor& x, const Tensor& a, const Tensor& b,
+                             const Tensor& y) {
+  if (!on_cuda(c)) return cpu::softplus_forward(c, x, a, b, y);
+  no_cuda("softplus_forward");
+}
+inline void softplus_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& a,
+                              const Tensor& b, const Tensor& grad_x, const Tensor& grad_a,
+                              const Tensor& grad_b, GradMode m) {
+  if (!on_cuda(c)) return cpu::softplus_backward(c, grad_y, x, a, b, grad_x, grad_a, grad_b, m);
+  no_cuda("softplus_backward");
+}
+inline void supralinearity_forward(Context& c, const SupralinearityParams& p, const Tensor& x,
+                                   const Tensor& y) {
+  if (!on_cuda(c)) return cpu::supralinearity_forward(c, p, x, y);
+  no_cuda("supralinearity_forward");
+}
+inline void supralinearity_backward(Context& c, const SupralinearityParams& p, const Tensor& grad_y,
+                                    const Tensor& x, const Tensor& grad_x, GradMode m) {
+  if (!on_cuda(c)) return cpu::supralinearity_backward(c, p, grad_y, x, grad_x, m);
+  no_cuda("supralinearity_backward");
+}
+
+// Additive Gaussian noise (kernels/noise.h): reserves numel indices of the context's stream.
+inline void gaussian_noise_forward(Context& c, const NoiseParams& p, const Tensor& x,
+                                   const Tensor& y) {
+  if (!p.training || p.sigma == 0.0) {
+    if (!x.same_storage(y) || x.raw() != y.raw()) scale(c, 1.0, x, y);
+    return;
+  }
+  uint64_t offset = c.rng().advance(uint64_t(x.numel()));
+  Tensor z = c.empty(x.shape(), x.dtype());
+  fill_normal(c, c.rng().seed(), offset, 0.0, p.sigma, z);
+  add(c, x, z, y);
+}
+// grad_x = grad_y (overwrite) or grad_x += grad_y.
+inline void gaussian_noise_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x,
+                                    GradMode m) {
+  if (m == GradMode::Accumulate)
+    axpy(c, 1.0, grad_y, grad_x);
+  else
+    scale(c, 1.0, grad_y, grad_x);
+}
+
+}  // namespace dynsim::ops

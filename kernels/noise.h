@@ -1,0 +1,25 @@
+// Additive Gaussian noise (training only): y = x + sigma * z, z from the context's counter-based
+// stream (engine/rng.h), element i drawing index offset + i, where offset is reserved from the
+// context's Rng (so CPU and GPU draw identical z for the same seed). Not training: y = x.
+// Backward: grad_x = grad_y. fill_normal writes mean + std * z with the same stream.
+#pragma once
+#include "kernels/op_common.h"
+
+namespace dynsim {
+
+struct NoiseParams {
+  double sigma = 0.1;
+  bool training = true;
+};
+
+namespace cpu {
+void fill_normal(Context& c, uint64_t seed, uint64_t offset, double mean, double std,
+                 const Tensor& y);
+void fill_uniform_bits(Context& c, uint64_t seed, uint64_t offset, const Tensor& y /* i32 */);
+}  // namespace cpu
+namespace cuda {
+void fill_normal(Context& c, uint64_t seed, uint64_t offset, double mean, double std,
+                 const Tensor& y);
+void fill_uniform_bits(Context& c, uint64_t seed, uint64_t offset, const Tensor& y /* i32 */);
+}  // namespace cuda
+}  // namespace dynsim

@@ -1,0 +1,42 @@
+// Shared pieces of every op: the gradient write mode, dtype dispatch for the CPU twins and
+// argument checks that name the op and the tensor.
+#pragma once
+#include <utility>
+
+#include "engine/context.h"
+#include "engine/tensor.h"
+
+namespace dynsim {
+
+// How a backward writes a gradient: replace what is there, or add to it (weights shared over
+// time steps accumulate).
+enum class GradMode : uint8_t { Overwrite, Accumulate };
+
+template <class T>
+inline void write_grad(T& dst, T v, GradMode m) {
+  if (m == GradMode::Accumulate)
+    dst += v;
+  else
+    dst = v;
+}
+
+namespace cpu {
+// Calls f(T{}) with T = float or double after checking that t is a host float tensor.
+template <class F>
+decltype(auto) with_float_type(const char* op, const Tensor& t, F&& f) {
+  if (!t.defined()) throw DataError(concat(op, ": input is undefined"));
+  if (t.device() != Device::Cpu) throw DataError(concat(op, ": CPU op got ", t.str()));
+  if (t.dtype() == DType::F32) return f(float{});
+  if (t.dtype() == DType::F64) return f(double{});
+  throw DataError(concat(op, ": needs f32 or f64, got ", t.str()));
+}
+}  // namespace cpu
+
+// The tensor must be defined, on `like`'s device and dtype, and of shape s.
+inline void check_arg(const char* op, const char* role, const Tensor& t, const Tensor& like,
+                      const Shape& s) {
+  check_shape(op, role, t, s);
+  check_same(op, role, t, like);
+}
+
+}  // namespace dynsim

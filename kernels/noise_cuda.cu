@@ -14,6 +14,13 @@ __global__ void fill_normal_kernel(T* y, int64_t n, uint64_t seed, uint64_t offs
     y[i] = T(rng::affine_normal<T>(seed, offset + uint64_t(i), mean, std));
 }
 
+__global__ void add_normal_kernel(const float* x, float* y, int64_t n, uint64_t seed,
+                                  uint64_t offset, double sigma) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __fadd_rn(x[i], float(rng::affine_normal<float>(seed, offset + uint64_t(i), 0.0, sigma)));
+}
+
 __global__ void fill_bits_kernel(uint32_t* y, int64_t n, uint64_t seed, uint64_t offset) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
@@ -32,6 +39,19 @@ void fill_normal(Context& c, uint64_t seed, uint64_t offset, double mean, double
   auto s = static_cast<cudaStream_t>(c.stream());
   fill_normal_kernel<float><<<grid_for(y.numel()), 256, 0, s>>>(y.data<float>(), y.numel(), seed,
                                                                offset, mean, std);
+  DYNSIM_CUDA_CHECK(cudaGetLastError());
+}
+
+void add_normal(Context& c, uint64_t seed, uint64_t offset, double sigma, const Tensor& x,
+                const Tensor& y) {
+  for (const Tensor* t : {&x, &y})
+    if (t->device() != Device::Cuda || t->dtype() != DType::F32)
+      throw DataError(concat("cuda::add_normal: needs CUDA f32 tensors, got ", t->str()));
+  check_shape("add_normal", "y", y, x.shape());
+  if (x.numel() == 0) return;
+  auto s = static_cast<cudaStream_t>(c.stream());
+  add_normal_kernel<<<grid_for(x.numel()), 256, 0, s>>>(x.data<float>(), y.data<float>(),
+                                                        x.numel(), seed, offset, sigma);
   DYNSIM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# README command 2: install, build and run the whole test suite (ctest). GPU tests report
+# "Skipped" without a device; the PyTorch agreement tests run when python3-torch is present.
+# With --sanitize it builds and tests the ASan+UBSan configuration (CPU only) in build-asan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh --tests
+if [[ "${1:-}" == "--sanitize" ]]; then
+  DYNSIM_CMAKE_ARGS="-DDYNSIM_SANITIZE=ON -DDYNSIM_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo" \
+    bash tools/build.sh build-asan
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  ctest --test-dir build-asan --output-on-failure
+else
+  bash tools/build.sh build
+  ctest --test-dir build --output-on-failure
+fi

@@ -1,12 +1,23 @@
-// Nearest-neighbour resize of NCHW tensors with DynVision's (and PyTorch's 'nearest') index
-// rule: output pixel i reads input pixel floor(i * in / out), up and down. x [N,C,H,W] ->
-// y [N,C,Ho,Wo]; the sizes come from y. Backward scatters grad_y into grad_x (sums repeats).
+// Nearest-neighbour resize of NCHW tensors with DynVision's index rule: output pixel i reads
+// input pixel floor(i * in / out), up and down, computed the way PyTorch's 'nearest' (which
+// DynVision runs) computes it: in float, scale = float(in) / out, floorf(i * scale), clamped.
+// That equals the exact rational floor for every size DynVision uses (powers of two) but not for
+// a few odd pairs (e.g. 26 -> 22), where we follow PyTorch. x [N,C,H,W] -> y [N,C,Ho,Wo]; the
+// sizes come from y. Backward scatters grad_y into grad_x (sums repeats).
 #pragma once
+#include <cmath>
+
 #include "kernels/op_common.h"
 
 namespace dynsim {
-// floor(i * in / out) in integer arithmetic (exact for all sizes).
-inline int64_t nearest_source_index(int64_t i, int64_t in, int64_t out) { return i * in / out; }
+// Source index of output pixel i (PyTorch 1.13's nearest_idx, bit for bit).
+inline int64_t nearest_source_index(int64_t i, int64_t in, int64_t out) {
+  if (out == in) return i;
+  if (out == 2 * in) return i >> 1;
+  const float scale = float(in) / float(out);
+  const int64_t s = int64_t(std::floor(float(i) * scale));
+  return s < in - 1 ? s : in - 1;
+}
 
 namespace cpu {
 void resize_nearest_forward(Context& c, const Tensor& x, const Tensor& y);

@@ -71,8 +71,12 @@ DYNSIM_HD double from_bits(int64_t b) {
 }
 #endif
 
-// Natural log of a positive, normal double, to ~1 ulp, from basic operations only:
-// x = m * 2^e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m-1)/(m+1).
+// Natural log of a positive, normal double, to 1 ulp, from basic operations only (the fdlibm
+// scheme): x = 2^e (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)), so f = m - 1 is exact; with
+// s = f / (2 + f), log(1 + f) = 2 atanh(s) = f - hfsq + s (hfsq + R), hfsq = f^2 / 2,
+// R = sum_{k>=1} 2 s^(2k) / (2k + 1). Adding the small corrections to the exact f (and ln 2
+// split into a hi part with e * hi exact plus a lo part) keeps the error within 1 ulp
+// even where e ln 2 and log(1 + f) nearly cancel (x just below sqrt(1/2)).
 DYNSIM_HD double portable_log(double x) {
   int64_t b = bits_of(x);
   int e = int((b >> 52) & 0x7ff) - 1023;
@@ -81,12 +85,18 @@ DYNSIM_HD double portable_log(double x) {
     m = rn_mul(m, 0.5);
     e += 1;
   }
-  double s = (m - 1.0) / (m + 1.0);
-  double s2 = rn_mul(s, s);
-  double poly = 1.0 / 25.0;  // Horner over 1/(2k+1), k = 12..0; |s| < 0.172 so s^26 < 1e-19
-  for (int k = 11; k >= 0; --k) poly = rn_add(rn_mul(poly, s2), 1.0 / double(2 * k + 1));
-  double logm = rn_mul(rn_mul(2.0, s), poly);
-  return rn_add(rn_mul(double(e), 0.6931471805599453), logm);
+  const double f = m - 1.0;  // exact (Sterbenz)
+  const double s = f / (2.0 + f);
+  const double z = rn_mul(s, s);
+  double poly = 2.0 / 25.0;  // Horner over 2/(2k+1), k = 12..1; |s| < 0.172 so s^26 < 1e-19
+  for (int k = 11; k >= 1; --k) poly = rn_add(rn_mul(poly, z), 2.0 / double(2 * k + 1));
+  const double R = rn_mul(z, poly);
+  const double hfsq = rn_mul(rn_mul(0.5, f), f);
+  const double de = double(e);
+  const double ln2_hi = 6.93147180369123816490e-01;  // low 21 bits zero: e * ln2_hi is exact
+  const double ln2_lo = 1.90821492927058770002e-10;
+  const double t = rn_add(rn_mul(s, rn_add(hfsq, R)), rn_mul(de, ln2_lo));
+  return rn_add(rn_mul(de, ln2_hi), rn_add(f, -rn_add(hfsq, -t)));
 }
 
 // Standard normal for element `index` of the stream `seed`.

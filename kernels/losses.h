@@ -1,7 +1,9 @@
 // Losses, each a mean reduced to loss [1]; backward takes grad_loss [1] (the upstream scalar).
 //  cross_entropy: logits [N, K], labels i32 [N]; entries equal to ignore_index are left out;
 //                 mean over the valid entries; 0 (and zero gradient) when all are ignored
-//                 (DynVision's masking rule, PyTorch gives NaN there).
+//                 (DynVision's masking rule, PyTorch gives NaN there). A label outside [0, K)
+//                 that is not ignore_index throws DataError naming the row (DynVision would
+//                 silently mask it; we treat it as corrupt data).
 //  poisson_nll:   pred, target of one shape; log_input=false: pred - target*log(pred + eps)
 //                 (Keras/retina form, PyTorch PoissonNLLLoss(log_input=False, eps=1e-8));
 //                 log_input=true: exp(pred) - target*pred. Mean over elements.

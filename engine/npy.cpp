@@ -99,7 +99,7 @@ Tensor load_npy(const std::string& path) {
   } else if (src_size == 1) {
     auto* dst = t.data<int32_t>();
     for (size_t i = 0; i < n; ++i) dst[i] = static_cast<unsigned char>(buf[i]);
-  } else {
+  } else if (!buf.empty()) {
     std::memcpy(t.raw(), buf.data(), buf.size());
   }
   return t;

@@ -30,7 +30,7 @@ class Case:
         for k, v in arrays.items():
             if isinstance(v, torch.Tensor):
                 v = v.detach().cpu().numpy()
-            v = np.ascontiguousarray(v)
+            v = np.asarray(v, order="C")  # keeps 0-dim arrays 0-dim
             if v.dtype == np.int64:
                 v = v.astype(np.int32)
             np.save(self.dir / f"{k}.npy", v)

@@ -4,7 +4,9 @@
 #pragma once
 #include "kernels/conv2d.h"
 #include "kernels/elementwise.h"
+#include "kernels/leak.h"
 #include "kernels/linear.h"
+#include "kernels/local_sheet.h"
 #include "kernels/losses.h"
 #include "kernels/noise.h"
 #include "kernels/pool2d.h"
@@ -212,6 +214,45 @@ inline void supralinearity_backward(Context& c, const SupralinearityParams& p, c
                                     const Tensor& x, const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::supralinearity_backward(c, p, grad_y, x, grad_x, m);
   no_cuda("supralinearity_backward");
+}
+
+inline void mul_one_plus_tanh(Context& c, const Tensor& x, const Tensor& g, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::mul_one_plus_tanh(c, x, g, y);
+  if constexpr (kCudaBuilt) return cuda::mul_one_plus_tanh(c, x, g, y);
+  no_cuda("mul_one_plus_tanh");
+}
+inline void mul_one_plus_tanh_backward(Context& c, const Tensor& grad_y, const Tensor& x,
+                                       const Tensor& g, const Tensor& grad_x, const Tensor& grad_g,
+                                       GradMode m) {
+  if (!on_cuda(c)) return cpu::mul_one_plus_tanh_backward(c, grad_y, x, g, grad_x, grad_g, m);
+  if constexpr (kCudaBuilt)
+    return cuda::mul_one_plus_tanh_backward(c, grad_y, x, g, grad_x, grad_g, m);
+  no_cuda("mul_one_plus_tanh_backward");
+}
+inline void layer_to_sheet_forward(Context& c, const LocalSheetMap& m, const Tensor& x,
+                                   const Tensor& plane) {
+  if (!on_cuda(c)) return cpu::layer_to_sheet_forward(c, m, x, plane);
+  no_cuda("layer_to_sheet_forward");
+}
+inline void layer_to_sheet_backward(Context& c, const LocalSheetMap& m, const Tensor& grad_plane,
+                                    const Tensor& grad_x, GradMode mode) {
+  if (!on_cuda(c)) return cpu::layer_to_sheet_backward(c, m, grad_plane, grad_x, mode);
+  no_cuda("layer_to_sheet_backward");
+}
+inline void sheet_to_layer_forward(Context& c, const LocalSheetMap& m, const Tensor& plane,
+                                   const Tensor& y) {
+  if (!on_cuda(c)) return cpu::sheet_to_layer_forward(c, m, plane, y);
+  no_cuda("sheet_to_layer_forward");
+}
+inline void sheet_to_layer_backward(Context& c, const LocalSheetMap& m, const Tensor& grad_y,
+                                    const Tensor& grad_plane, GradMode mode) {
+  if (!on_cuda(c)) return cpu::sheet_to_layer_backward(c, m, grad_y, grad_plane, mode);
+  no_cuda("sheet_to_layer_backward");
+}
+inline void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
+                         const Tensor& tau, const Tensor& x) {
+  if (!on_cuda(c)) return cpu::leak_forward(c, p, u, h, tau, x);
+  no_cuda("leak_forward");
 }
 
 // Additive Gaussian noise (kernels/noise.h): reserves numel indices of the context's stream.

@@ -1,6 +1,7 @@
 // CPU twins of the elementwise ops (kernels/elementwise.h). Large tensors are split over the
 // context's threads; small ones run inline (a parallel region costs more than they do).
 #include <algorithm>
+#include <cmath>
 
 #include "kernels/elementwise.h"
 
@@ -117,6 +118,42 @@ void relu_backward(Context& c, const Tensor& x, const Tensor& grad_y, const Tens
     T* gx = grad_x.data<T>();
     for_each_index(c, x.numel(),
                    [&](int64_t i) { write_grad(gx[i], px[i] > T(0) ? g[i] : T(0), m); });
+  });
+}
+
+void mul_one_plus_tanh(Context& c, const Tensor& x, const Tensor& g, const Tensor& y) {
+  with_float_type("mul_one_plus_tanh", x, [&](auto t) {
+    using T = decltype(t);
+    check_like("mul_one_plus_tanh", "g", g, x);
+    check_like("mul_one_plus_tanh", "y", y, x);
+    const T *px = x.data<T>(), *pg = g.data<T>();
+    T* py = y.data<T>();
+    for_each_index(c, x.numel(), [&](int64_t i) { py[i] = px[i] * (T(1) + std::tanh(pg[i])); });
+  });
+}
+
+void mul_one_plus_tanh_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& g,
+                                const Tensor& grad_x, const Tensor& grad_g, GradMode m) {
+  with_float_type("mul_one_plus_tanh_backward", x, [&](auto t) {
+    using T = decltype(t);
+    const char* op = "mul_one_plus_tanh_backward";
+    check_like(op, "g", g, x);
+    check_like(op, "grad_y", grad_y, x);
+    const T *px = x.data<T>(), *pg = g.data<T>(), *gy = grad_y.data<T>();
+    if (grad_x.defined()) {
+      check_like(op, "grad_x", grad_x, x);
+      T* gx = grad_x.data<T>();
+      for_each_index(c, x.numel(),
+                     [&](int64_t i) { write_grad(gx[i], T(gy[i] * (T(1) + std::tanh(pg[i]))), m); });
+    }
+    if (grad_g.defined()) {
+      check_like(op, "grad_g", grad_g, x);
+      T* gg = grad_g.data<T>();
+      for_each_index(c, x.numel(), [&](int64_t i) {
+        const T th = std::tanh(pg[i]);
+        write_grad(gg[i], T(gy[i] * px[i] * (T(1) - th * th)), m);
+      });
+    }
   });
 }
 

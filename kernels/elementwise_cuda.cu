@@ -90,4 +90,28 @@ void relu_backward(Context& c, const Tensor& x, const Tensor& grad_y, const Tens
   launch(c, x.numel(), [=] __device__(int64_t i) { put(gx[i], px[i] > 0.f ? g[i] : 0.f, acc); });
 }
 
+void mul_one_plus_tanh(Context& c, const Tensor& x, const Tensor& g, const Tensor& y) {
+  const char* op = "mul_one_plus_tanh";
+  const float *px = f32(op, "x", x, x), *pg = f32(op, "g", g, x);
+  float* py = f32(op, "y", y, x);
+  launch(c, x.numel(), [=] __device__(int64_t i) { py[i] = __fmul_rn(px[i], 1.f + tanhf(pg[i])); });
+}
+void mul_one_plus_tanh_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& g,
+                                const Tensor& grad_x, const Tensor& grad_g, GradMode m) {
+  const char* op = "mul_one_plus_tanh_backward";
+  const float *px = f32(op, "x", x, x), *pg = f32(op, "g", g, x), *gy = f32(op, "grad_y", grad_y, x);
+  const bool acc = m == GradMode::Accumulate;
+  if (grad_x.defined()) {
+    float* gx = f32(op, "grad_x", grad_x, x);
+    launch(c, x.numel(), [=] __device__(int64_t i) { put(gx[i], gy[i] * (1.f + tanhf(pg[i])), acc); });
+  }
+  if (grad_g.defined()) {
+    float* gg = f32(op, "grad_g", grad_g, x);
+    launch(c, x.numel(), [=] __device__(int64_t i) {
+      const float th = tanhf(pg[i]);
+      put(gg[i], gy[i] * px[i] * (1.f - th * th), acc);
+    });
+  }
+}
+
 }  // namespace dynsim::cuda

@@ -6,22 +6,68 @@
 
 #include "engine/errors.h"
 #include "tools/cli_info.h"
+#include "tools/cli_simulate.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dynsim: continuous-time recurrent convolutional models of the visual system"};
   app.require_subcommand(1);
   app.set_version_flag("--version", DYNSIM_VERSION);
+
   bool json = false;
   auto* info = app.add_subcommand("info", "version, backends, devices and precision modes");
   info->add_flag("--json", json, "machine-readable output");
+
+  dynsim::cli::SimulateArgs sim;
+  auto* simulate = app.add_subcommand(
+      "simulate", "run a model on a stimulus and record its responses (defaults: DyRCNNx4, "
+                  "64x64 grating, 20 steps)");
+  simulate->add_option("config", sim.config, "TOML config file (optional)")->check(CLI::ExistingFile);
+  simulate->add_option("--set", sim.overrides, "override a config key: key=value (repeatable)");
+  auto shortcut = [&](const char* flag, const char* key, const char* help) {
+    simulate->add_option_function<std::string>(
+        flag, [&sim, key](const std::string& v) { sim.overrides.push_back(std::string(key) + "=" + v); },
+        help);
+  };
+  shortcut("--preset", "model.preset", "DyRCNNx2 | DyRCNNx4 | DyRCNNx8 | custom");
+  shortcut("--device", "simulation.device", "auto | cpu | cuda");
+  shortcut("--steps", "simulation.steps", "recorded time steps");
+  shortcut("--idle", "simulation.idle_steps", "idle steps before the stimulus");
+  shortcut("--batch", "simulation.batch", "samples");
+  shortcut("--dt", "dynamics.dt", "integration step in ms");
+  shortcut("--tau", "dynamics.tau", "time constant in ms");
+  shortcut("--solver", "dynamics.solver", "euler | rk4 | exp");
+  shortcut("--record", "simulation.record", "layer | full | none");
+  shortcut("--stimulus", "stimulus.kind", "grating | flash | noise | image | npy");
+  shortcut("--stimulus-path", "stimulus.path", "file for image / npy stimuli");
+  shortcut("--contrast", "stimulus.contrast", "stimulus contrast");
+  shortcut("--onset", "stimulus.onset", "first stimulus step");
+  shortcut("--duration", "stimulus.duration", "stimulus steps (-1: to the end)");
+  shortcut("--weights", "model.weights", "safetensors weights (DynVision names)");
+  shortcut("--output,-o", "simulation.output", "output folder");
+  simulate->add_flag("--overwrite", sim.overwrite, "replace an existing output folder");
+  simulate->add_flag("--quiet,-q", sim.quiet, "no summary on stdout");
+
+  dynsim::cli::ValidateArgs val;
+  auto* validate = app.add_subcommand("validate", "check a config and print the graph it builds");
+  validate->add_option("config", val.config, "TOML config file")->check(CLI::ExistingFile);
+  validate->add_option("--set", val.overrides, "override a config key: key=value (repeatable)");
+  validate->add_flag("--keys", val.keys, "list every config key with its type and default");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
-    return rc == 0 ? 0 : int(dynsim::ExitCode::Usage);
+    if (rc == 0) return 0;
+    // A config file that does not exist is a missing input, not a usage error.
+    if (dynamic_cast<const CLI::ValidationError*>(&e) &&
+        std::string(e.what()).find("File does not exist") != std::string::npos)
+      return int(dynsim::ExitCode::NoInput);
+    return int(dynsim::ExitCode::Usage);
   }
   try {
     if (info->parsed()) return dynsim::cli::run_info(std::cout, json);
+    if (simulate->parsed()) return dynsim::cli::run_simulate(sim);
+    if (validate->parsed()) return dynsim::cli::run_validate(val);
   } catch (const dynsim::Error& e) {
     std::cerr << "dynsim: error: " << e.what() << "\n";
     return int(e.code());

@@ -5,7 +5,8 @@
 #   --tests  also installs the test references (python3-numpy, python3-torch for /usr/bin/python3)
 set -euo pipefail
 
-pkgs=(cmake make g++ libeigen3-dev doctest-dev libcli11-dev)
+pkgs=(cmake make g++ libeigen3-dev doctest-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
+      libstb-dev)
 if [[ "${1:-}" == "--tests" ]]; then
   pkgs+=(python3-numpy python3-torch)
 fi

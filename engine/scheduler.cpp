@@ -1,0 +1,396 @@
+// Scheduler (engine/scheduler.h): DynVision's step order (spec §4.3) over any Graph.
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "engine/operators.h"
+#include "kernels/dispatch.h"
+
+namespace dynsim {
+namespace {
+
+// History of one area: the last `capacity` values of r, indexed by absolute step.
+struct Ring {
+  std::vector<Tensor> slot;
+  std::vector<int64_t> step;  // which step each slot holds (-1: none)
+  std::vector<uint8_t> present;
+  void clear() {
+    std::fill(step.begin(), step.end(), -1);
+    std::fill(present.begin(), present.end(), 0);
+  }
+  int capacity() const { return int(slot.size()); }
+  // r(s), or nullptr when s < 0, not stored, or absent at that step.
+  const Tensor* at(int64_t s) const {
+    if (s < 0 || slot.empty()) return nullptr;
+    const size_t i = size_t(s % capacity());
+    return (step[i] == s && present[i]) ? &slot[i] : nullptr;
+  }
+  // The slot that will hold r(s) (overwriting the oldest value).
+  Tensor& begin_write(int64_t s, bool is_present) {
+    const size_t i = size_t(s % capacity());
+    step[i] = s;
+    present[i] = is_present;
+    return slot[i];
+  }
+};
+
+LeakRule leak_rule(const std::string& name) {
+  if (name == "euler") return LeakRule::Euler;
+  if (name == "rk4") return LeakRule::Rk4Frozen;
+  if (name == "exp") return LeakRule::Exp;
+  throw ConfigError(concat("unknown solver '", name, "' (euler, rk4, exp)"));
+}
+
+bool all_finite(const Tensor& t) {
+  const Tensor h = t;  // host tensors only here (the CUDA scheduler checks on the device)
+  for (int64_t i = 0; i < h.numel(); ++i)
+    if (!std::isfinite(h.item(i))) return false;
+  return true;
+}
+
+}  // namespace
+
+struct Scheduler::Impl {
+  Context& ctx;
+  Graph& g;
+  LeakParams leak;
+  int batch = -1;
+  DType dtype = DType::F32;
+  // Per area.
+  std::vector<Ring> rings;
+  std::vector<int> ring_size;             // slots needed
+  std::vector<int> forward_delay;         // k of the area's forwarded output (-1: none)
+  std::vector<Tensor> drive, state, memory, pooled, scratch_term, tau;
+  std::vector<uint8_t> memory_present;
+  // Per connection.
+  std::vector<OperatorRunner> runners;
+  std::vector<Tensor> term;
+  // Readout.
+  Tensor readout_mean, logits_step;
+  Tensor frame, adapted, transformed;
+  std::unique_ptr<OperatorRunner> input_runner;
+
+  Impl(Context& c, Graph& graph, const SolverSpec& s) : ctx(c), g(graph) {
+    leak.rule = leak_rule(s.name);
+    leak.dt = g.delays.dt;
+    plan_rings();
+  }
+
+  void plan_rings() {
+    const size_t A = g.areas.size();
+    ring_size.assign(A, 0);
+    forward_delay.assign(A, -1);
+    auto need = [&](int a, int n) { ring_size[size_t(a)] = std::max(ring_size[size_t(a)], n); };
+    for (size_t a = 0; a < A; ++a)
+      if (g.ring_capacity >= 1) need(int(a), 1);  // the solver's r(t - 1), read before the push
+    for (const Connection& c : g.connections) {
+      if (c.source == kExternalInput || !c.delivers) continue;
+      if (c.kind == ConnKind::Feedforward) {
+        int& k = forward_delay[size_t(c.source)];
+        if (k >= 0 && k != c.delay_steps)
+          throw ConfigError(concat("area ", g.areas[size_t(c.source)].name,
+                                   ": its feedforward outputs need one common delay"));
+        k = c.delay_steps;
+        need(c.source, k + 1);  // read after the push
+      } else {
+        const bool after_push = c.source < c.target;
+        need(c.source, c.delay_steps + (after_push ? 1 : 0));
+      }
+    }
+    if (g.readout.source >= 0 && g.readout.delivers) {
+      int& k = forward_delay[size_t(g.readout.source)];
+      if (k >= 0 && k != g.readout.delay_steps)
+        throw ConfigError("the classifier and the feedforward outputs need one common delay");
+      k = g.readout.delay_steps;
+      need(g.readout.source, k + 1);
+    }
+  }
+
+  void allocate(int B, DType t) {
+    if (B == batch && t == dtype) return;
+    batch = B;
+    dtype = t;
+    const size_t A = g.areas.size();
+    rings.assign(A, Ring{});
+    drive.assign(A, {});
+    state.assign(A, {});
+    memory.assign(A, {});
+    pooled.assign(A, {});
+    tau.assign(A, {});
+    memory_present.assign(A, 0);
+    for (size_t a = 0; a < A; ++a) {
+      const Area& ar = g.areas[a];
+      const Shape s{B, ar.channels, ar.height, ar.width};
+      Ring& r = rings[a];
+      r.slot.clear();
+      for (int i = 0; i < std::max(ring_size[a], 1); ++i) r.slot.push_back(ctx.empty(s, t));
+      r.step.assign(r.slot.size(), -1);
+      r.present.assign(r.slot.size(), 0);
+      drive[a] = ctx.empty(s, t);
+      state[a] = ctx.empty(s, t);
+      memory[a] = ctx.empty(s, t);
+      if (ar.has_pool) pooled[a] = ctx.empty(Shape{B, ar.channels, ar.out_height(), ar.out_width()}, t);
+      // tau: one value, or one per sample.
+      Tensor tv;
+      if (!ar.tau_per_sample.empty()) {
+        if (int(ar.tau_per_sample.size()) != B)
+          throw DataError(concat("area ", ar.name, ": ", ar.tau_per_sample.size(),
+                                 " per-sample tau values for a batch of ", B));
+        tv = Tensor::from(Shape{B}, ar.tau_per_sample, t);
+      } else if (!ar.tau_param.empty()) {
+        tv = g.params.get(ar.tau_param).view(Shape{1}).to_dtype(t);
+      } else {
+        tv = Tensor::from(Shape{1}, {ar.tau}, t);
+      }
+      tau[a] = ctx.to_device(tv);
+    }
+    runners.clear();
+    term.clear();
+    for (const Connection& c : g.connections) {
+      runners.emplace_back(ctx, c.op, g.params, B, t);
+      term.push_back(ctx.empty(runners.back().output_shape(), t));
+    }
+    frame = ctx.empty(Shape{B, g.input_channels, g.input_height, g.input_width}, t);
+    adapted = ctx.empty(frame.shape(), t);
+    input_runner.reset();
+    if (g.input_transform.in_channels > 0) {
+      input_runner = std::make_unique<OperatorRunner>(ctx, g.input_transform, g.params, B, t);
+      transformed = ctx.empty(input_runner->output_shape(), t);
+    }
+    if (g.readout.source >= 0) {
+      const Area& src = g.areas[size_t(g.readout.source)];
+      readout_mean = ctx.empty(Shape{B, src.channels}, t);
+      logits_step = ctx.empty(Shape{B, g.readout.n_classes}, t);
+    }
+  }
+
+  // Value an area forwards at step t (pooled r(t - k)), or nullptr when absent.
+  const Tensor* forwarded(int a, int64_t t, const std::vector<uint8_t>& fwd_present) const {
+    if (!fwd_present[size_t(a)]) return nullptr;
+    return g.areas[size_t(a)].has_pool ? &pooled[size_t(a)] : fwd_src[size_t(a)];
+  }
+  std::vector<const Tensor*> fwd_src;
+
+  Recording run(const Tensor& input, const RunOptions& opt) {
+    if (input.rank() != 5)
+      throw DataError(concat("scheduler: input must be [B, T, C, H, W], got ", input.str()));
+    const int B = int(input.dim(0)), T = int(input.dim(1));
+    if (input.dim(2) != g.input_channels || input.dim(3) != g.input_height ||
+        input.dim(4) != g.input_width)
+      throw DataError(concat("scheduler: input frames are ", input.dim(2), "x", input.dim(3),
+                             "x", input.dim(4), " but the model expects ", g.input_channels, "x",
+                             g.input_height, "x", g.input_width));
+    allocate(B, input.dtype());
+    const size_t A = g.areas.size();
+    for (auto& r : rings) r.clear();
+    std::fill(memory_present.begin(), memory_present.end(), 0);
+    fwd_src.assign(A, nullptr);
+
+    Recording rec;
+    rec.steps = T;
+    for (const Area& a : g.areas) rec.areas.push_back(a.name);
+    rec.present.assign(A, std::vector<uint8_t>(size_t(T), 0));
+    const int K = g.readout.source >= 0 ? g.readout.n_classes : 0;
+    rec.logits = Tensor::zeros(Shape{B, T, K}, dtype);
+    if (opt.record == RecordMode::Layer)
+      for (size_t a = 0; a < A; ++a) {
+        rec.mean_abs.push_back(Tensor::zeros(Shape{B, T}, dtype));
+        rec.std_abs.push_back(Tensor::zeros(Shape{B, T}, dtype));
+      }
+    if (opt.record == RecordMode::Full)
+      for (const Area& a : g.areas)
+        rec.rates.push_back(Tensor::zeros(Shape{B, T, a.channels, a.height, a.width}, dtype));
+
+    const int64_t frame_elems = frame.numel() / B;
+    const int64_t total = int64_t(opt.idle_steps) + T;
+    bool adaption_started = false;
+    std::vector<uint8_t> fwd_present(A, 0), r_present(A, 0);
+    for (int64_t t = 0; t < total; ++t) {
+      const bool idle = t < opt.idle_steps;
+      const int64_t tr = t - opt.idle_steps;  // index into the recorded sequence
+      // The frame for this step.
+      if (idle) {
+        ops::fill(ctx, opt.non_input_value, frame);
+      } else {
+        for (int b = 0; b < B; ++b) {
+          Tensor src = input.slice(b, b + 1).view(Shape{T, frame_elems}).slice(tr, tr + 1);
+          ctx.copy(frame.slice(b, b + 1).view(Shape{1, frame_elems}), src);
+        }
+      }
+      const Tensor* x_in = &frame;
+      if (opt.input_adaption_weight != 0.0) {
+        // First call passes the frame and stores it; later calls return w * stored (spec §7).
+        if (!adaption_started) {
+          ops::scale(ctx, 1.0, frame, adapted);
+          adaption_started = true;
+        } else {
+          ops::scale(ctx, opt.input_adaption_weight, adapted, adapted);
+        }
+        x_in = &adapted;
+      }
+      if (input_runner) {
+        input_runner->forward(ctx, *x_in, transformed);
+        x_in = &transformed;
+      }
+
+      for (size_t a = 0; a < A; ++a) step_area(int(a), t, *x_in, fwd_present, r_present, opt);
+
+      if (!idle) record_step(rec, tr, r_present, opt);
+      if (K > 0 && !idle) {
+        const Tensor* v = g.readout.delivers ? forwarded(g.readout.source, t, fwd_present) : nullptr;
+        if (v) {
+          ops::mean_hw_forward(ctx, *v, readout_mean);
+          ops::linear_forward(ctx, readout_mean, g.params.get(g.readout.weight),
+                              g.params.get(g.readout.bias), logits_step);
+          Tensor host = ctx.to_host(logits_step);
+          for (int b = 0; b < B; ++b)
+            for (int k = 0; k < K; ++k) rec.logits.set((int64_t(b) * T + tr) * K + k, host.item(b * K + k));
+        }
+      }
+    }
+    return rec;
+  }
+
+  void step_area(int a, int64_t t, const Tensor& x_in, std::vector<uint8_t>& fwd_present,
+                 std::vector<uint8_t>& r_present, const RunOptions& opt) {
+    const Area& ar = g.areas[size_t(a)];
+    Tensor& u = drive[size_t(a)];
+    bool have_drive = false;
+    // Terms that enter the feedforward operator's input or middle come first (recurrence
+    // targets input / middle), then the connections in order: ff, recurrence, skip, feedback.
+    Tensor input_add, middle_add;
+    auto read_source = [&](const Connection& c) -> const Tensor* {
+      if (!c.delivers) return nullptr;
+      if (c.source == kExternalInput) return &x_in;
+      if (c.kind == ConnKind::Feedforward) return forwarded(c.source, t, fwd_present);
+      return rings[size_t(c.source)].at(t - c.delay_steps);
+    };
+    for (size_t ci = 0; ci < g.connections.size(); ++ci) {
+      const Connection& c = g.connections[ci];
+      if (c.target != a || c.entry == Entry::Output) continue;
+      const Tensor* h = read_source(c);
+      if (!h) continue;
+      runners[ci].forward(ctx, *h, term[ci]);
+      (c.entry == Entry::Input ? input_add : middle_add) = term[ci];
+    }
+    for (size_t ci = 0; ci < g.connections.size(); ++ci) {
+      const Connection& c = g.connections[ci];
+      if (c.target != a || c.entry != Entry::Output) continue;
+      const Tensor* h = read_source(c);
+      if (c.kind == ConnKind::Feedforward) {
+        // f = FF(x [+ input term]) [with the middle term]; absent x gives the input term alone.
+        if (!h && !input_add.defined()) continue;
+        if (h) {
+          runners[ci].forward(ctx, *h, have_drive ? term[ci] : u, input_add, middle_add);
+        } else {
+          runners[ci].forward(ctx, input_add, have_drive ? term[ci] : u, {}, middle_add);
+        }
+        if (have_drive) ops::add(ctx, u, term[ci], u);
+        have_drive = true;
+        continue;
+      }
+      if (!h) continue;
+      runners[ci].forward(ctx, *h, term[ci]);
+      if (!have_drive) {
+        ops::scale(ctx, 1.0, term[ci], u);  // an absent x gives T(h) alone, in both modes
+        have_drive = true;
+      } else if (c.integration == Integration::Additive) {
+        ops::add(ctx, u, term[ci], u);
+      } else {
+        ops::mul_one_plus_tanh(ctx, u, term[ci], u);
+      }
+    }
+
+    Ring& ring = rings[size_t(a)];
+    const Tensor* prev = g.ring_capacity >= 1 ? ring.at(t - 1) : nullptr;
+    const bool present = have_drive;
+    Tensor& r = ring.begin_write(t, present);
+    r_present[size_t(a)] = present;
+    if (present) {
+      Tensor& x = state[size_t(a)];
+      const Tensor* h = prev ? prev : (memory_present[size_t(a)] ? &memory[size_t(a)] : nullptr);
+      ops::leak_forward(ctx, leak, u, h ? *h : Tensor(), tau[size_t(a)], x);
+      if (!prev) {  // the solver's private memory: written only when no rate was passed in
+        ops::scale(ctx, 1.0, x, memory[size_t(a)]);
+        memory_present[size_t(a)] = 1;
+      }
+      if (opt.stability_check && !all_finite(ctx.to_host(x)))
+        throw Error(concat("stability check: non-finite value in area ", ar.name, " at step ",
+                           t, " (tensor x, the state before the nonlinearity; ",
+                           t < opt.idle_steps ? "idle phase" : "real phase", ")"));
+      ops::relu_forward(ctx, x, r);
+      if (ar.supralinearity != 1.0) {
+        SupralinearityParams sp;
+        sp.n = ar.supralinearity;
+        ops::supralinearity_forward(ctx, sp, r, r);
+      }
+    }
+    // The forwarded output: pool(r(t - k)), k = 0 meaning r(t) itself.
+    const int k = forward_delay[size_t(a)];
+    fwd_present[size_t(a)] = 0;
+    if (k >= 0) {
+      const Tensor* src = k == 0 ? (present ? &r : nullptr) : ring.at(t - k);
+      fwd_src[size_t(a)] = src;
+      if (src) {
+        fwd_present[size_t(a)] = 1;
+        if (ar.has_pool) {
+          Tensor argmax = argmax_buf(a);
+          ops::maxpool2d_forward(ctx, ar.pool, *src, pooled[size_t(a)], argmax);
+        }
+      }
+    }
+  }
+
+  std::vector<Tensor> argmax_bufs;
+  Tensor argmax_buf(int a) {
+    if (argmax_bufs.size() != g.areas.size()) argmax_bufs.assign(g.areas.size(), {});
+    Tensor& t = argmax_bufs[size_t(a)];
+    if (!t.defined()) t = ctx.empty(pooled[size_t(a)].shape(), DType::I32);
+    return t;
+  }
+
+  void record_step(Recording& rec, int64_t tr, const std::vector<uint8_t>& r_present,
+                   const RunOptions& opt) {
+    const int B = batch, T = rec.steps;
+    for (size_t a = 0; a < g.areas.size(); ++a) {
+      rec.present[a][size_t(tr)] = r_present[a];
+      if (opt.record == RecordMode::None) continue;
+      const Tensor* r = rings[a].at(tr + opt.idle_steps);
+      if (opt.record == RecordMode::Layer) {
+        for (int b = 0; b < B; ++b) {
+          double mean = std::numeric_limits<double>::quiet_NaN(), sd = mean;
+          if (r) {
+            const Tensor hb = ctx.to_host(r->slice(b, b + 1));
+            const int64_t n = hb.numel();
+            double s = 0;
+            for (int64_t i = 0; i < n; ++i) s += std::abs(hb.item(i));
+            mean = s / double(n);
+            double v = 0;
+            for (int64_t i = 0; i < n; ++i) v += (std::abs(hb.item(i)) - mean) * (std::abs(hb.item(i)) - mean);
+            sd = n > 1 ? std::sqrt(v / double(n - 1)) : 0.0;  // unbiased, as torch.std
+          }
+          rec.mean_abs[a].set(int64_t(b) * T + tr, mean);
+          rec.std_abs[a].set(int64_t(b) * T + tr, sd);
+        }
+      } else if (r) {
+        const Tensor hr = ctx.to_host(*r);
+        const int64_t per = hr.numel() / B;
+        for (int b = 0; b < B; ++b) {
+          Tensor dst = rec.rates[a].slice(b, b + 1).view(Shape{T, per}).slice(tr, tr + 1);
+          ctx.copy(dst.view(Shape{1, per}), hr.slice(b, b + 1).view(Shape{1, per}));
+        }
+      }
+    }
+  }
+};
+
+Scheduler::Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver)
+    : impl_(std::make_unique<Impl>(ctx, graph, solver)) {}
+Scheduler::~Scheduler() = default;
+Recording Scheduler::run(const Tensor& input, const RunOptions& opt) {
+  return impl_->run(input, opt);
+}
+
+}  // namespace dynsim

@@ -1,0 +1,51 @@
+// The scheduler: runs a Graph over a sequence. Per step, areas in order; each gathers its drive
+// from its connections (reading ring slots t - delay; an absent source leaves its term out),
+// the solver advances the state, ReLU and the supralinearity give r(t), r(t) goes into the
+// area's ring, and the pooled, delayed output goes on to the next area and the classifier
+// (spec §2.3, §4.3). Rings are sized from the graph; no allocation inside the step loop.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/graph.h"
+
+namespace dynsim {
+
+enum class RecordMode : uint8_t { None, Layer, Full };  // Layer: mean/std of |r| per step
+
+struct SolverSpec {
+  std::string name = "euler";  // euler | rk4 | exp
+};
+
+struct RunOptions {
+  int idle_steps = 0;            // steps on a frame of non_input_value before the input
+  float non_input_value = 0.0f;
+  RecordMode record = RecordMode::Layer;
+  bool stability_check = false;  // first non-finite state raises, naming area, step, tensor
+  double input_adaption_weight = 0.0;  // DynVision's InputAdaption (spec §7)
+};
+
+struct Recording {
+  int steps = 0;
+  std::vector<std::string> areas;
+  std::vector<Tensor> rates;     // Full: per area [B, T, C, H, W]
+  std::vector<Tensor> mean_abs;  // Layer: per area [B, T], mean |r| over C,H,W
+  std::vector<Tensor> std_abs;   // Layer: per area [B, T], std of |r| over C,H,W
+  std::vector<std::vector<uint8_t>> present;  // per area, per step: 0 while the area is absent
+  Tensor logits;                 // [B, T, K] (0 while the classifier's input is absent)
+};
+
+class Scheduler {
+ public:
+  Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver = {});
+  ~Scheduler();
+  // input: [B, T, C, H, W] (host or device tensor of the context's dtype).
+  Recording run(const Tensor& input, const RunOptions& opt = {});
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dynsim

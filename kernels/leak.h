@@ -1,0 +1,19 @@
+// Leaky integration of one area for one step: x = step(u, h) per element (kernels/leak_math.h),
+// u, h, x [B, C, H, W]; h undefined means "no previous state" (x = a u); tau is [1] (one per
+// area) or [B] (per sample, for scans inside one batch), same dtype and device as u.
+#pragma once
+#include "kernels/leak_math.h"
+#include "kernels/op_common.h"
+
+namespace dynsim {
+
+struct LeakParams {
+  LeakRule rule = LeakRule::Euler;
+  double dt = 2.0;
+};
+
+namespace cpu {
+void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
+                  const Tensor& tau, const Tensor& x);
+}  // namespace cpu
+}  // namespace dynsim

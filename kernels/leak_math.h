@@ -1,0 +1,38 @@
+// The leaky-integration step x = step(u, h) of tau dx/dt = -x + u for one element, shared by the
+// CPU and CUDA twins. Written with DynVision's exact operation order (spec §1.2-1.3) so f32
+// results match PyTorch bit for bit: a = (1/tau) * dt, Euler y = h + a (u - h); frozen-drive
+// RK4 evaluates its four slopes literally; exp uses phi = 1 - exp(-dt/tau) (exact for a drive
+// held over the step). Without a previous state (h absent) every rule returns a u (DynVision's
+// first step; for exp, phi u).
+#pragma once
+#include <cmath>
+
+#include "engine/rng.h"  // DYNSIM_HD
+
+namespace dynsim {
+
+enum class LeakRule : uint8_t { Euler, Rk4Frozen, Exp };
+
+template <class T>
+DYNSIM_HD T leak_rate(T tau, double dt) {  // a = (1/tau) * dt, as torch computes dt / tau
+  return (T(1) / tau) * T(dt);
+}
+
+template <class T>
+DYNSIM_HD T leak_step(LeakRule rule, T u, T h, bool has_h, T tau, double dt) {
+  if (rule == LeakRule::Exp) {
+    const T phi = T(-std::expm1(-dt / double(tau)));
+    return has_h ? h + phi * (u - h) : phi * u;
+  }
+  const T a = leak_rate(tau, dt);
+  if (!has_h) return a * u;
+  if (rule == LeakRule::Euler) return h + a * (u - h);
+  const T d = T(dt);
+  const T k1 = (u - h) / tau;
+  const T k2 = (u - (h + d * k1 / T(2))) / tau;
+  const T k3 = (u - (h + d * k2 / T(2))) / tau;
+  const T k4 = (u - (h + d * k3)) / tau;
+  return h + d * (k1 + T(2) * k2 + T(2) * k3 + k4) / T(6);
+}
+
+}  // namespace dynsim

@@ -45,6 +45,10 @@ std::string cuda_versions() {
              blas_minor);
 }
 void* device_malloc(size_t bytes, int index) {
+  const int n = cuda_device_count();
+  if (index < 0 || index >= n)
+    throw Error(concat("cannot allocate ", bytes, " bytes on cuda:", index, ": ", n,
+                       " CUDA device(s) found"));
   int prev = 0;
   DYNSIM_CUDA_CHECK(cudaGetDevice(&prev));
   DYNSIM_CUDA_CHECK(cudaSetDevice(index));

@@ -36,12 +36,15 @@ struct Ring {
   }
 };
 
-LeakRule leak_rule(const std::string& name) {
-  if (name == "euler") return LeakRule::Euler;
-  if (name == "rk4") return LeakRule::Rk4Frozen;
-  if (name == "exp") return LeakRule::Exp;
-  throw ConfigError(concat("unknown solver '", name, "' (euler, rk4, exp)"));
-}
+// Cubic Hermite basis on [0, 1].
+struct Hermite {
+  double h00, h10, h01, h11;
+  explicit Hermite(double u)
+      : h00(2 * u * u * u - 3 * u * u + 1),
+        h10(u * u * u - 2 * u * u + u),
+        h01(-2 * u * u * u + 3 * u * u),
+        h11(u * u * u - u * u) {}
+};
 
 bool all_finite(const Tensor& t) {
   const Tensor h = t;  // host tensors only here (the CUDA scheduler checks on the device)
@@ -55,7 +58,9 @@ bool all_finite(const Tensor& t) {
 struct Scheduler::Impl {
   Context& ctx;
   Graph& g;
-  LeakParams leak;
+  std::shared_ptr<FrozenSolver> frozen;  // frozen-drive mode
+  bool staged = false;
+  ButcherTableau tab;                    // staged mode
   int batch = -1;
   DType dtype = DType::F32;
   // Per area.
@@ -67,14 +72,28 @@ struct Scheduler::Impl {
   // Per connection.
   std::vector<OperatorRunner> runners;
   std::vector<Tensor> term;
+  // Parameters in the run's dtype: the graph's own (f32) or converted copies (f64 runs).
+  ParamStore converted;
+  ParamStore* params = nullptr;
   // Readout.
   Tensor readout_mean, logits_step;
   Tensor frame, adapted, transformed;
   std::unique_ptr<OperatorRunner> input_runner;
 
+  // Staged mode, per area: stage slopes K_i, the stage rate, its pooled copy, scratch, slopes.
+  std::vector<std::vector<Tensor>> K;
+  std::vector<Tensor> stage_r, stage_pooled, pre, zeros;
+  std::vector<Ring> slopes;
+  std::vector<Tensor> initial_slope;  // slope at step -1 (from rest), right-sided
+  bool initial_slope_set = false;
+  std::vector<Tensor> interp, interp_pooled;  // per connection
+
   Impl(Context& c, Graph& graph, const SolverSpec& s) : ctx(c), g(graph) {
-    leak.rule = leak_rule(s.name);
-    leak.dt = g.delays.dt;
+    staged = s.staged();
+    if (staged)
+      tab = s.resolved_tableau();
+    else
+      frozen = s.custom ? s.custom : builtin_frozen_solver(s.name);
     plan_rings();
   }
 
@@ -84,7 +103,7 @@ struct Scheduler::Impl {
     forward_delay.assign(A, -1);
     auto need = [&](int a, int n) { ring_size[size_t(a)] = std::max(ring_size[size_t(a)], n); };
     for (size_t a = 0; a < A; ++a)
-      if (g.ring_capacity >= 1) need(int(a), 1);  // the solver's r(t - 1), read before the push
+      if (g.ring_capacity >= 1 || staged) need(int(a), staged ? 2 : 1);  // r(t - 1)
     for (const Connection& c : g.connections) {
       if (c.source == kExternalInput || !c.delivers) continue;
       if (c.kind == ConnKind::Feedforward) {
@@ -95,7 +114,8 @@ struct Scheduler::Impl {
         k = c.delay_steps;
         need(c.source, k + 1);  // read after the push
       } else {
-        const bool after_push = c.source < c.target;
+        // Staged: every read happens before the step's push and may interpolate up to age d+1.
+        const bool after_push = staged || c.source < c.target;
         need(c.source, c.delay_steps + (after_push ? 1 : 0));
       }
     }
@@ -112,6 +132,13 @@ struct Scheduler::Impl {
     if (B == batch && t == dtype) return;
     batch = B;
     dtype = t;
+    params = &g.params;
+    if (!g.params.entries().empty() && g.params.entries().front().value.dtype() != t) {
+      converted = ParamStore();
+      for (const auto& e : g.params.entries())
+        converted.add(e.name, ctx.to_device(e.value.to_dtype(t)), e.trainable);
+      params = &converted;
+    }
     const size_t A = g.areas.size();
     rings.assign(A, Ring{});
     drive.assign(A, {});
@@ -140,23 +167,58 @@ struct Scheduler::Impl {
                                  " per-sample tau values for a batch of ", B));
         tv = Tensor::from(Shape{B}, ar.tau_per_sample, t);
       } else if (!ar.tau_param.empty()) {
-        tv = g.params.get(ar.tau_param).view(Shape{1}).to_dtype(t);
+        tv = ctx.to_host(g.params.get(ar.tau_param)).view(Shape{1}).to_dtype(t);
       } else {
         tv = Tensor::from(Shape{1}, {ar.tau}, t);
       }
       tau[a] = ctx.to_device(tv);
     }
+    if (staged) {
+      K.assign(A, {});
+      stage_r.assign(A, {});
+      stage_pooled.assign(A, {});
+      pre.assign(A, {});
+      zeros.assign(A, {});
+      slopes.assign(A, Ring{});
+      initial_slope.assign(A, {});
+      for (size_t a = 0; a < A; ++a) {
+        initial_slope[a] = ctx.empty(Shape{B, g.areas[a].channels, g.areas[a].height,
+                                           g.areas[a].width}, t);
+        const Area& ar = g.areas[a];
+        const Shape s{B, ar.channels, ar.height, ar.width};
+        for (int i = 0; i < tab.stages(); ++i) K[a].push_back(ctx.empty(s, t));
+        stage_r[a] = ctx.empty(s, t);
+        pre[a] = ctx.empty(s, t);
+        zeros[a] = ctx.zeros(s, t);
+        if (ar.has_pool)
+          stage_pooled[a] = ctx.empty(Shape{B, ar.channels, ar.out_height(), ar.out_width()}, t);
+        for (size_t i = 0; i < rings[a].slot.size(); ++i) slopes[a].slot.push_back(ctx.empty(s, t));
+        slopes[a].step.assign(rings[a].slot.size(), -1);
+        slopes[a].present.assign(rings[a].slot.size(), 0);
+      }
+    }
     runners.clear();
     term.clear();
+    interp.clear();
+    interp_pooled.clear();
     for (const Connection& c : g.connections) {
-      runners.emplace_back(ctx, c.op, g.params, B, t);
+      runners.emplace_back(ctx, c.op, *params, B, t);
       term.push_back(ctx.empty(runners.back().output_shape(), t));
+      Tensor ib, pb;
+      if (staged && c.source != kExternalInput) {
+        const Area& s = g.areas[size_t(c.source)];
+        ib = ctx.empty(Shape{B, s.channels, s.height, s.width}, t);
+        if (c.kind == ConnKind::Feedforward && s.has_pool)
+          pb = ctx.empty(Shape{B, s.channels, s.out_height(), s.out_width()}, t);
+      }
+      interp.push_back(ib);
+      interp_pooled.push_back(pb);
     }
     frame = ctx.empty(Shape{B, g.input_channels, g.input_height, g.input_width}, t);
     adapted = ctx.empty(frame.shape(), t);
     input_runner.reset();
     if (g.input_transform.in_channels > 0) {
-      input_runner = std::make_unique<OperatorRunner>(ctx, g.input_transform, g.params, B, t);
+      input_runner = std::make_unique<OperatorRunner>(ctx, g.input_transform, *params, B, t);
       transformed = ctx.empty(input_runner->output_shape(), t);
     }
     if (g.readout.source >= 0) {
@@ -185,6 +247,8 @@ struct Scheduler::Impl {
     allocate(B, input.dtype());
     const size_t A = g.areas.size();
     for (auto& r : rings) r.clear();
+    for (auto& r : slopes) r.clear();
+    initial_slope_set = false;
     std::fill(memory_present.begin(), memory_present.end(), 0);
     fwd_src.assign(A, nullptr);
 
@@ -235,15 +299,18 @@ struct Scheduler::Impl {
         x_in = &transformed;
       }
 
-      for (size_t a = 0; a < A; ++a) step_area(int(a), t, *x_in, fwd_present, r_present, opt);
+      if (staged)
+        step_staged(t, *x_in, fwd_present, r_present, opt);
+      else
+        for (size_t a = 0; a < A; ++a) step_area(int(a), t, *x_in, fwd_present, r_present, opt);
 
       if (!idle) record_step(rec, tr, r_present, opt);
       if (K > 0 && !idle) {
         const Tensor* v = g.readout.delivers ? forwarded(g.readout.source, t, fwd_present) : nullptr;
         if (v) {
           ops::mean_hw_forward(ctx, *v, readout_mean);
-          ops::linear_forward(ctx, readout_mean, g.params.get(g.readout.weight),
-                              g.params.get(g.readout.bias), logits_step);
+          ops::linear_forward(ctx, readout_mean, params->get(g.readout.weight),
+                              params->get(g.readout.bias), logits_step);
           Tensor host = ctx.to_host(logits_step);
           for (int b = 0; b < B; ++b)
             for (int k = 0; k < K; ++k) rec.logits.set((int64_t(b) * T + tr) * K + k, host.item(b * K + k));
@@ -253,24 +320,19 @@ struct Scheduler::Impl {
     return rec;
   }
 
-  void step_area(int a, int64_t t, const Tensor& x_in, std::vector<uint8_t>& fwd_present,
-                 std::vector<uint8_t>& r_present, const RunOptions& opt) {
-    const Area& ar = g.areas[size_t(a)];
+  // Sums area a's terms into drive[a]: terms entering the feedforward operator's input or middle
+  // first (recurrence targets input / middle), then the connections in order: feedforward,
+  // recurrence, skip, feedback (spec §2.3). read(ci) gives connection ci's source value or
+  // nullptr when absent; an absent term is left out. Returns false when every term is absent.
+  template <class Reader>
+  bool gather_drive(int a, Reader&& read) {
     Tensor& u = drive[size_t(a)];
     bool have_drive = false;
-    // Terms that enter the feedforward operator's input or middle come first (recurrence
-    // targets input / middle), then the connections in order: ff, recurrence, skip, feedback.
     Tensor input_add, middle_add;
-    auto read_source = [&](const Connection& c) -> const Tensor* {
-      if (!c.delivers) return nullptr;
-      if (c.source == kExternalInput) return &x_in;
-      if (c.kind == ConnKind::Feedforward) return forwarded(c.source, t, fwd_present);
-      return rings[size_t(c.source)].at(t - c.delay_steps);
-    };
     for (size_t ci = 0; ci < g.connections.size(); ++ci) {
       const Connection& c = g.connections[ci];
       if (c.target != a || c.entry == Entry::Output) continue;
-      const Tensor* h = read_source(c);
+      const Tensor* h = read(ci);
       if (!h) continue;
       runners[ci].forward(ctx, *h, term[ci]);
       (c.entry == Entry::Input ? input_add : middle_add) = term[ci];
@@ -278,15 +340,15 @@ struct Scheduler::Impl {
     for (size_t ci = 0; ci < g.connections.size(); ++ci) {
       const Connection& c = g.connections[ci];
       if (c.target != a || c.entry != Entry::Output) continue;
-      const Tensor* h = read_source(c);
+      const Tensor* h = read(ci);
       if (c.kind == ConnKind::Feedforward) {
         // f = FF(x [+ input term]) [with the middle term]; absent x gives the input term alone.
         if (!h && !input_add.defined()) continue;
-        if (h) {
-          runners[ci].forward(ctx, *h, have_drive ? term[ci] : u, input_add, middle_add);
-        } else {
-          runners[ci].forward(ctx, input_add, have_drive ? term[ci] : u, {}, middle_add);
-        }
+        const Tensor& dst = have_drive ? term[ci] : u;
+        if (h)
+          runners[ci].forward(ctx, *h, dst, input_add, middle_add);
+        else
+          runners[ci].forward(ctx, input_add, dst, {}, middle_add);
         if (have_drive) ops::add(ctx, u, term[ci], u);
         have_drive = true;
         continue;
@@ -302,7 +364,31 @@ struct Scheduler::Impl {
         ops::mul_one_plus_tanh(ctx, u, term[ci], u);
       }
     }
+    return have_drive;
+  }
 
+  // r = S(ReLU(x)) in place of r (x may alias r).
+  void nonlinearity(const Area& ar, const Tensor& x, const Tensor& r) {
+    ops::relu_forward(ctx, x, r);
+    if (ar.supralinearity != 1.0) {
+      SupralinearityParams sp;
+      sp.n = ar.supralinearity;
+      ops::supralinearity_forward(ctx, sp, r, r);
+    }
+  }
+
+  void step_area(int a, int64_t t, const Tensor& x_in, std::vector<uint8_t>& fwd_present,
+                 std::vector<uint8_t>& r_present, const RunOptions& opt) {
+    const Area& ar = g.areas[size_t(a)];
+    Tensor& u = drive[size_t(a)];
+    auto read_source = [&](size_t ci) -> const Tensor* {
+      const Connection& c = g.connections[ci];
+      if (!c.delivers) return nullptr;
+      if (c.source == kExternalInput) return &x_in;
+      if (c.kind == ConnKind::Feedforward) return forwarded(c.source, t, fwd_present);
+      return rings[size_t(c.source)].at(t - c.delay_steps);
+    };
+    const bool have_drive = gather_drive(a, read_source);
     Ring& ring = rings[size_t(a)];
     const Tensor* prev = g.ring_capacity >= 1 ? ring.at(t - 1) : nullptr;
     const bool present = have_drive;
@@ -311,7 +397,7 @@ struct Scheduler::Impl {
     if (present) {
       Tensor& x = state[size_t(a)];
       const Tensor* h = prev ? prev : (memory_present[size_t(a)] ? &memory[size_t(a)] : nullptr);
-      ops::leak_forward(ctx, leak, u, h ? *h : Tensor(), tau[size_t(a)], x);
+      frozen->step(ctx, u, h ? *h : Tensor(), tau[size_t(a)], g.delays.dt, x);
       if (!prev) {  // the solver's private memory: written only when no rate was passed in
         ops::scale(ctx, 1.0, x, memory[size_t(a)]);
         memory_present[size_t(a)] = 1;
@@ -320,14 +406,16 @@ struct Scheduler::Impl {
         throw Error(concat("stability check: non-finite value in area ", ar.name, " at step ",
                            t, " (tensor x, the state before the nonlinearity; ",
                            t < opt.idle_steps ? "idle phase" : "real phase", ")"));
-      ops::relu_forward(ctx, x, r);
-      if (ar.supralinearity != 1.0) {
-        SupralinearityParams sp;
-        sp.n = ar.supralinearity;
-        ops::supralinearity_forward(ctx, sp, r, r);
-      }
+      nonlinearity(ar, x, r);
     }
-    // The forwarded output: pool(r(t - k)), k = 0 meaning r(t) itself.
+    update_forwarded(a, t, present, r, fwd_present);
+  }
+
+  // The forwarded output: pool(r(t - k)), k = 0 meaning r(t) itself.
+  void update_forwarded(int a, int64_t t, bool present, const Tensor& r,
+                        std::vector<uint8_t>& fwd_present) {
+    const Area& ar = g.areas[size_t(a)];
+    Ring& ring = rings[size_t(a)];
     const int k = forward_delay[size_t(a)];
     fwd_present[size_t(a)] = 0;
     if (k >= 0) {
@@ -340,6 +428,104 @@ struct Scheduler::Impl {
           ops::maxpool2d_forward(ctx, ar.pool, *src, pooled[size_t(a)], argmax);
         }
       }
+    }
+  }
+
+  // Area s's history at a (fractional) step time: r itself at whole steps, cubic Hermite with
+  // the stored slopes in between; zero before step 0 (the network starts from rest).
+  const Tensor* history_at(int s, double when, Tensor& dst) {
+    const int64_t m = int64_t(std::floor(when));
+    const double u = when - double(m);
+    const Tensor& zero = zeros[size_t(s)];
+    auto value = [&](int64_t step) -> const Tensor& {
+      const Tensor* v = step < 0 ? nullptr : rings[size_t(s)].at(step);
+      return v ? *v : zero;
+    };
+    // Slopes: the run starts at step -1 from rest, so the slope there is one-sided (0 to its
+    // left, dt K_0 of step 0 to its right).
+    auto slope = [&](int64_t step, bool right) -> const Tensor& {
+      if (step == -1) return right && initial_slope_set ? initial_slope[size_t(s)] : zero;
+      const Tensor* v = step < 0 ? nullptr : slopes[size_t(s)].at(step);
+      return v ? *v : zero;
+    };
+    if (u < 1e-12) return &value(m);
+    const Hermite h(u);
+    ops::scale(ctx, h.h00, value(m), dst);
+    ops::axpy(ctx, h.h10, slope(m, true), dst);
+    ops::axpy(ctx, h.h01, value(m + 1), dst);
+    ops::axpy(ctx, h.h11, slope(m + 1, false), dst);
+    return &dst;
+  }
+
+  void pool_into(int a, const Tensor& src, const Tensor& dst) {
+    Tensor argmax = argmax_buf(a);
+    ops::maxpool2d_forward(ctx, g.areas[size_t(a)].pool, src, dst, argmax);
+  }
+
+  // One step of an explicit Runge-Kutta method over the whole network (engine/solver.h):
+  // stage i at step time t - 1 + c_i has rates R_i = S(ReLU(r(t-1) + dt sum_j a_ij K_j)) and
+  // slopes K_i = (U_i - R_i) / tau, U_i the drive from stage values (zero delay) and
+  // interpolated history (delays); then r(t) = S(ReLU(r(t-1) + dt sum_i b_i K_i)).
+  void step_staged(int64_t t, const Tensor& x_in, std::vector<uint8_t>& fwd_present,
+                   std::vector<uint8_t>& r_present, const RunOptions& opt) {
+    const size_t A = g.areas.size();
+    const double dt = g.delays.dt;
+    const int S = tab.stages();
+    for (int i = 0; i < S; ++i) {
+      const double when = double(t - 1) + tab.c[size_t(i)];
+      for (size_t a = 0; a < A; ++a) {
+        const Area& ar = g.areas[a];
+        const Tensor* h = rings[a].at(t - 1);
+        const Tensor& hv = h ? *h : zeros[a];
+        if (i == 0) {
+          ops::scale(ctx, 1.0, hv, stage_r[a]);
+        } else {
+          ops::scale(ctx, 1.0, hv, pre[a]);
+          for (int j = 0; j < i; ++j)
+            if (tab.a[size_t(i)][size_t(j)] != 0)
+              ops::axpy(ctx, dt * tab.a[size_t(i)][size_t(j)], K[a][size_t(j)], pre[a]);
+          nonlinearity(ar, pre[a], stage_r[a]);
+        }
+        if (ar.has_pool && forward_delay[a] == 0) pool_into(int(a), stage_r[a], stage_pooled[a]);
+        auto read = [&](size_t ci) -> const Tensor* {
+          const Connection& c = g.connections[ci];
+          if (!c.delivers) return nullptr;
+          if (c.source == kExternalInput) return &x_in;
+          const int src = c.source;
+          const bool pooled_ff = c.kind == ConnKind::Feedforward && g.areas[size_t(src)].has_pool;
+          if (c.delay_steps == 0) return pooled_ff ? &stage_pooled[size_t(src)] : &stage_r[size_t(src)];
+          const Tensor* v = history_at(src, when - c.delay_steps, interp[ci]);
+          if (!pooled_ff) return v;
+          pool_into(src, *v, interp_pooled[ci]);
+          return &interp_pooled[ci];
+        };
+        if (!gather_drive(int(a), read)) ops::fill(ctx, 0.0, drive[a]);  // no input: U = 0
+        ops::leak_slope(ctx, drive[a], stage_r[a], tau[a], K[a][size_t(i)]);
+      }
+      if (i == 0) {  // d r / d step at t - 1, kept for the interpolation of later reads
+        for (size_t a = 0; a < A; ++a) {
+          if (rings[a].at(t - 1))
+            ops::scale(ctx, dt, K[a][0], slopes[a].begin_write(t - 1, true));
+          else if (t == 0)
+            ops::scale(ctx, dt, K[a][0], initial_slope[a]);
+        }
+        if (t == 0) initial_slope_set = true;
+      }
+    }
+    for (size_t a = 0; a < A; ++a) {
+      const Area& ar = g.areas[a];
+      const Tensor* h = rings[a].at(t - 1);
+      ops::scale(ctx, 1.0, h ? *h : zeros[a], pre[a]);
+      for (int i = 0; i < S; ++i)
+        if (tab.b[size_t(i)] != 0) ops::axpy(ctx, dt * tab.b[size_t(i)], K[a][size_t(i)], pre[a]);
+      if (opt.stability_check && !all_finite(ctx.to_host(pre[a])))
+        throw Error(concat("stability check: non-finite value in area ", ar.name, " at step ", t,
+                           " (tensor x, the state before the nonlinearity; solver ", tab.name,
+                           ")"));
+      Tensor& r = rings[a].begin_write(t, true);
+      nonlinearity(ar, pre[a], r);
+      r_present[a] = 1;
+      update_forwarded(int(a), t, true, r, fwd_present);
     }
   }
 

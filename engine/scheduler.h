@@ -3,20 +3,21 @@
 // the solver advances the state, ReLU and the supralinearity give r(t), r(t) goes into the
 // area's ring, and the pooled, delayed output goes on to the next area and the classifier
 // (spec §2.3, §4.3). Rings are sized from the graph; no allocation inside the step loop.
+// Staged solvers (engine/solver.h) evaluate every area's drive at each stage instead: zero-delay
+// inputs read the source's stage value, delayed ones the source's history interpolated at the
+// stage time (cubic Hermite with stored slopes); the network starts from rest (zero history),
+// so every area is present from step 0 in that mode.
 #pragma once
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/graph.h"
+#include "engine/solver.h"
 
 namespace dynsim {
 
 enum class RecordMode : uint8_t { None, Layer, Full };  // Layer: mean/std of |r| per step
-
-struct SolverSpec {
-  std::string name = "euler";  // euler | rk4 | exp
-};
 
 struct RunOptions {
   int idle_steps = 0;            // steps on a frame of non_input_value before the input

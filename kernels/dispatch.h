@@ -255,6 +255,12 @@ inline void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const
   no_cuda("leak_forward");
 }
 
+inline void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau,
+                       const Tensor& k) {
+  if (!on_cuda(c)) return cpu::leak_slope(c, u, r, tau, k);
+  no_cuda("leak_slope");
+}
+
 // Additive Gaussian noise (kernels/noise.h): reserves numel indices of the context's stream.
 inline void gaussian_noise_forward(Context& c, const NoiseParams& p, const Tensor& x,
                                    const Tensor& y) {

@@ -15,5 +15,7 @@ struct LeakParams {
 namespace cpu {
 void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
                   const Tensor& tau, const Tensor& x);
+// The slope of a staged (Runge-Kutta) solver: k = (u - r) / tau, per sample when tau is [B].
+void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau, const Tensor& k);
 }  // namespace cpu
 }  // namespace dynsim

@@ -115,7 +115,11 @@ ConfigSchema make_schema() {
   s.add_double("stimulus.cycles", 4.0, "grating: cycles per image width").greater_than(0);
   s.add_double("stimulus.orientation", 0.0, "grating: orientation in degrees");
   s.add_double("stimulus.phase", 0.0, "grating: phase in degrees");
-  s.add_int("stimulus.seed", 0, "noise: seed").at_least(0);
+  s.add_int("stimulus.seed", 0, "noise: seed; shuffle: seed").at_least(0);
+  s.add_string("stimulus.pattern", "1",
+               "presentation pattern of 0/1 resampled onto the steps (spec §5), e.g. \"1011\"");
+  s.add_bool("stimulus.shuffle_pattern", false, "shuffle the pattern (seeded) before resampling");
+  s.add_int("stimulus.residual_steps", 0, "blank steps appended at the end").at_least(0);
   return s;
 }
 
@@ -164,6 +168,10 @@ Graph build_custom(const Config& cfg) {
   for (const Config& a : areas) {
     Area ar;
     ar.name = a.get_string("name");
+    // Area names become file and dataset names of the outputs (response_avg_<name>.npy).
+    if (ar.name.empty() || ar.name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
+                                                     "qrstuvwxyz0123456789_-") != std::string::npos)
+      a.fail("name", concat("'", ar.name, "': use letters, digits, '_' and '-' only"));
     if (g.area_index(ar.name) >= 0)
       throw ConfigError(concat(a.where("name"), ": area '", ar.name, "' defined twice"));
     ar.channels = int(a.get_int("channels"));
@@ -394,18 +402,19 @@ Tensor build_stimulus(const Config& cfg, const Graph& g) {
   const auto durations = cfg.get_doubles("stimulus.durations");
   const auto taus = cfg.get_doubles("dynamics.tau_per_sample");
   size_t B = size_t(cfg.get_int("simulation.batch"));
-  for (const auto* l : {&contrasts, &onsets, &durations, &taus})
-    if (!l->empty()) B = l->size();
-  if (frame.rank() == 5) B = size_t(frame.dim(0));
-  auto check_len = [&](const std::vector<double>& l, const char* key) {
-    if (!l.empty() && l.size() != B)
-      throw ConfigError(concat(cfg.where(key), ": ", l.size(), " values but the batch has ", B,
-                               " samples"));
-  };
-  check_len(contrasts, "stimulus.contrasts");
-  check_len(onsets, "stimulus.onsets");
-  check_len(durations, "stimulus.durations");
-  check_len(taus, "dynamics.tau_per_sample");
+  std::string batch_from = "simulation.batch";
+  const std::pair<const std::vector<double>*, const char*> lists[] = {
+      {&contrasts, "stimulus.contrasts"},
+      {&onsets, "stimulus.onsets"},
+      {&durations, "stimulus.durations"},
+      {&taus, "dynamics.tau_per_sample"}};
+  for (const auto& [l, key] : lists)
+    if (!l->empty()) B = l->size(), batch_from = key;
+  if (frame.rank() == 5) B = size_t(frame.dim(0)), batch_from = "the stimulus array";
+  // Every per-sample list must give one value per sample; say which one set the batch.
+  for (const auto& [l, key] : lists)
+    if (!l->empty() && l->size() != B)
+      cfg.fail(key, concat(l->size(), " values, but ", batch_from, " gives ", B, " samples"));
   std::vector<seq::Schedule> sched(B);
   for (size_t b = 0; b < B; ++b) {
     sched[b].contrast = contrasts.empty() ? contrast : contrasts[b];
@@ -430,7 +439,29 @@ Tensor build_stimulus(const Config& cfg, const Graph& g) {
                              " frames but simulation.steps = ", T));
     frames = frame;
   }
-  return seq::apply_schedules(frames, sched, T, float(cfg.get_double("simulation.non_input_value")));
+  const float blank = float(cfg.get_double("simulation.non_input_value"));
+  Tensor seq_in = seq::apply_schedules(frames, sched, T, blank);
+  // Presentation pattern (DynVision's expand + mask of a single frame) and residual steps.
+  std::vector<int> pattern;
+  try {
+    pattern = seq::parse_pattern(cfg.get_string("stimulus.pattern"));
+  } catch (const DataError& e) {
+    throw ConfigError(concat(cfg.where("stimulus.pattern"), ": ", e.what()));
+  }
+  if (cfg.get_bool("stimulus.shuffle_pattern"))
+    pattern = seq::shuffle_pattern(pattern, uint64_t(cfg.get_int("stimulus.seed")), 0);
+  const std::vector<int> on = seq::resample_pattern(pattern, T);
+  const int R = int(cfg.get_int("stimulus.residual_steps"));
+  const int64_t per = seq_in.numel() / (int64_t(B) * T);
+  Tensor out = Tensor::empty(Shape{int64_t(B), T + R, C, H, W}, seq_in.dtype());
+  for (size_t b = 0; b < B; ++b)
+    for (int t = 0; t < T + R; ++t) {
+      const bool shown = t < T && on[size_t(t)];
+      for (int64_t i = 0; i < per; ++i)
+        out.set((int64_t(b) * (T + R) + t) * per + i,
+                shown ? seq_in.item((int64_t(b) * T + t) * per + i) : double(blank));
+    }
+  return out;
 }
 
 }  // namespace dynsim::models

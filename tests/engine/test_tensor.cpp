@@ -70,8 +70,8 @@ TEST_CASE("tensor: CUDA tensors cannot be touched from the host") {
       CHECK_THROWS_WITH_AS(g.item(0), doctest::Contains("is not on the host"), Error);
     } catch (const NotImplemented& e) {
       CHECK(std::string(e.what()).find("without CUDA") != std::string::npos);
-    } catch (const Error& e) {
-      CHECK(std::string(e.what()).find("cudaMalloc") != std::string::npos);
+    } catch (const Error& e) {  // a CUDA build on a machine without a device
+      CHECK(std::string(e.what()).find("CUDA device(s) found") != std::string::npos);
     }
   }
 }

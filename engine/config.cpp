@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "engine/atomic_file.h"
 #include "engine/errors.h"
 
 namespace dynsim {
@@ -206,26 +207,6 @@ std::string value_text(const ConfigValue& v) {
   return std::visit(Visitor{}, v);
 }
 
-void write_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw IoError(concat(path, ": cannot open ", tmp, " for writing"));
-    f << text;
-    f.flush();
-    if (!f) {
-      f.close();
-      std::remove(tmp.c_str());
-      throw IoError(concat(path, ": write failed"));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw IoError(concat(path, ": rename failed: ", ec.message()));
-  }
-}
 
 }  // namespace
 
@@ -981,12 +962,12 @@ std::string Config::to_toml() const {
 }
 
 void Config::write_json(const std::string& path) const {
-  write_atomic(path,
+  write_file_atomic(path,
                to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 void Config::write_toml(const std::string& path) const {
-  write_atomic(path, to_toml());
+  write_file_atomic(path, to_toml());
 }
 
 }  // namespace dynsim

@@ -70,6 +70,9 @@ struct Area {
   int out_height() const;  // after pooling
   int out_width() const;
   std::string tau_param;   // "tau_V1" when tau is a parameter (x4/x8), else ""
+  // The parameter holds s with tau = log(1 + exp(s)): positive whatever training does to s
+  // (DynVision's tau is unconstrained; spec §10.15). The parameter is then "tau_softplus_<A>".
+  bool tau_softplus = false;
 };
 
 // The classifier reads the last area's forwarded output: logits = W mean_HW(r(t - k)) + b.

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <vector>
 
+#include "engine/atomic_file.h"
+
 namespace dynsim {
 namespace {
 
@@ -113,28 +115,10 @@ void save_npy(const std::string& path, const Tensor& t) {
   h += "), }";
   while ((10 + h.size() + 1) % 64 != 0) h += ' ';
   h += '\n';
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw IoError(concat(path, ": cannot open ", tmp, " for writing"));
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
-                             static_cast<unsigned char>(h.size() & 0xff),
-                             static_cast<unsigned char>(h.size() >> 8)};
-    f.write(reinterpret_cast<char*>(pre), 10);
-    f.write(h.data(), std::streamsize(h.size()));
-    f.write(static_cast<const char*>(t.raw()), std::streamsize(t.nbytes()));
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw IoError(concat(path, ": write failed"));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw IoError(concat(path, ": rename failed: ", ec.message()));
-  }
+  const unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                                 static_cast<unsigned char>(h.size() & 0xff),
+                                 static_cast<unsigned char>(h.size() >> 8)};
+  write_file_atomic(path, Chunks{{pre, 10}, {h.data(), h.size()}, {t.raw(), t.nbytes()}});
 }
 
 }  // namespace dynsim

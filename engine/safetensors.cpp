@@ -19,6 +19,8 @@
 #include <set>
 #include <vector>
 
+#include "engine/atomic_file.h"
+
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors data are little-endian; this reader copies bytes as they are");
 
@@ -235,19 +237,6 @@ void convert(const std::string& path, const Entry& e, const unsigned char* src, 
 }
 
 // Writes all of buf or returns false with errno set.
-bool write_all(int fd, const void* buf, size_t n) {
-  const char* p = static_cast<const char*>(buf);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w;
-    n -= size_t(w);
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -371,40 +360,9 @@ void save_safetensors(const std::string& path, const std::map<std::string, Tenso
   const uint64_t hl = header.size();
   std::memcpy(len, &hl, 8);
 
-  // A unique temporary file beside the target, so that rename() is atomic.
-  static std::atomic<unsigned> counter{0};
-  std::string tmp;
-  int fd = -1;
-  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    tmp = concat(path, ".tmp.", ::getpid(), ".", counter++);
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) break;
-  }
-  if (fd < 0)
-    throw IoError(
-        concat(path, ": cannot create the temporary file ", tmp, ": ", std::strerror(errno)));
-  auto fail = [&](const char* what) {
-    const int err = errno;
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw IoError(concat(path, ": ", what, " failed: ", std::strerror(err)));
-  };
-  if (!write_all(fd, len, 8) || !write_all(fd, header.data(), header.size())) fail("write");
-  for (const auto& [name, t] : tensors)
-    if (t.nbytes() > 0 && !write_all(fd, t.raw(), t.nbytes())) fail("write");
-  if (::fsync(fd) != 0) fail("fsync");
-  const int closed = ::close(fd);
-  fd = -1;
-  if (closed != 0) fail("close");
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename");
-  // Make the rename itself durable; failure here loses nothing already visible.
-  const std::string dir =
-      fs::path(path).parent_path().empty() ? "." : fs::path(path).parent_path().string();
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  Chunks chunks{{len, 8}, {header.data(), header.size()}};
+  for (const auto& [name, t] : tensors) chunks.push_back({t.raw(), t.nbytes()});
+  write_file_atomic(path, chunks);
 }
 
 }  // namespace dynsim

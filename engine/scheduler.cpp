@@ -168,6 +168,10 @@ struct Scheduler::Impl {
         tv = Tensor::from(Shape{B}, ar.tau_per_sample, t);
       } else if (!ar.tau_param.empty()) {
         tv = ctx.to_host(g.params.get(ar.tau_param)).view(Shape{1}).to_dtype(t);
+        if (ar.tau_softplus) {
+          const double s = tv.item(0);
+          tv.set(0, s > 30 ? s : std::log1p(std::exp(s)));
+        }
       } else {
         tv = Tensor::from(Shape{1}, {ar.tau}, t);
       }
@@ -545,17 +549,28 @@ struct Scheduler::Impl {
       if (opt.record == RecordMode::None) continue;
       const Tensor* r = rings[a].at(tr + opt.idle_steps);
       if (opt.record == RecordMode::Layer) {
+        const Tensor hr = r ? ctx.to_host(*r) : Tensor();
+        const int64_t n = r ? hr.numel() / B : 0;
         for (int b = 0; b < B; ++b) {
           double mean = std::numeric_limits<double>::quiet_NaN(), sd = mean;
           if (r) {
-            const Tensor hb = ctx.to_host(r->slice(b, b + 1));
-            const int64_t n = hb.numel();
-            double s = 0;
-            for (int64_t i = 0; i < n; ++i) s += std::abs(hb.item(i));
-            mean = s / double(n);
-            double v = 0;
-            for (int64_t i = 0; i < n; ++i) v += (std::abs(hb.item(i)) - mean) * (std::abs(hb.item(i)) - mean);
-            sd = n > 1 ? std::sqrt(v / double(n - 1)) : 0.0;  // unbiased, as torch.std
+            // Two passes over |r| of sample b: mean, then the unbiased std (torch.std's).
+            auto stats = [&](auto* p) {
+              p += int64_t(b) * n;
+              double sum = 0;
+              for (int64_t i = 0; i < n; ++i) sum += std::abs(double(p[i]));
+              mean = sum / double(n);
+              double v = 0;
+              for (int64_t i = 0; i < n; ++i) {
+                const double d = std::abs(double(p[i])) - mean;
+                v += d * d;
+              }
+              sd = n > 1 ? std::sqrt(v / double(n - 1)) : 0.0;
+            };
+            if (hr.dtype() == DType::F32)
+              stats(hr.data<float>());
+            else
+              stats(hr.data<double>());
           }
           rec.mean_abs[a].set(int64_t(b) * T + tr, mean);
           rec.std_abs[a].set(int64_t(b) * T + tr, sd);

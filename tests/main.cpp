@@ -14,7 +14,29 @@
 
 namespace dynsim::test {
 std::string& torch_refs_dir_storage();
+
+// Counts the test cases that start, so that a filter matching nothing fails instead of passing.
+int& cases_run() {
+  static int n = 0;
+  return n;
 }
+struct CaseCounter : doctest::IReporter {
+  explicit CaseCounter(const doctest::ContextOptions&) {}
+  void report_query(const doctest::QueryData&) override {}
+  void test_run_start() override {}
+  void test_run_end(const doctest::TestRunStats&) override {}
+  void test_case_start(const doctest::TestCaseData&) override { ++cases_run(); }
+  void test_case_reenter(const doctest::TestCaseData&) override {}
+  void test_case_end(const doctest::CurrentTestCaseStats&) override {}
+  void test_case_exception(const doctest::TestCaseException&) override {}
+  void subcase_start(const doctest::SubcaseSignature&) override {}
+  void subcase_end() override {}
+  void log_assert(const doctest::AssertData&) override {}
+  void log_message(const doctest::MessageData&) override {}
+  void test_case_skipped(const doctest::TestCaseData&) override {}
+};
+REGISTER_LISTENER("case_counter", 1, CaseCounter);
+}  // namespace dynsim::test
 
 int main(int argc, char** argv) {
   std::string suite = "cpu";
@@ -43,5 +65,10 @@ int main(int argc, char** argv) {
   } else {
     dc.addFilter("test-suite-exclude", "gpu,torch");
   }
-  return dc.run();
+  const int rc = dc.run();
+  if (rc == 0 && !dc.shouldExit() && dynsim::test::cases_run() == 0) {
+    std::printf("FAILED: no test case matched the filters (a renamed test file?)\n");
+    return 1;
+  }
+  return rc;
 }

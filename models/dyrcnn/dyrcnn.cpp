@@ -227,8 +227,10 @@ Graph build_dyrcnn(const DyRCNNOptions& o) {
       a.pool.pad_h = a.pool.pad_w = 1;
     }
     if (o.preset != "DyRCNNx2") {  // x4/x8 keep tau as a (by default frozen) parameter
-      a.tau_param = "tau_" + d.name;
-      g.params.add(a.tau_param, Tensor::from(Shape{}, {a.tau}), o.train_tau);
+      a.tau_softplus = o.tau_softplus;
+      a.tau_param = (o.tau_softplus ? "tau_softplus_" : "tau_") + d.name;
+      const double s = o.tau_softplus ? std::log(std::expm1(a.tau)) : a.tau;  // softplus^-1
+      g.params.add(a.tau_param, Tensor::from(Shape{}, {s}), o.train_tau);
     }
     g.areas.push_back(a);
 

@@ -30,6 +30,7 @@ struct DyRCNNOptions {
   double tau = 5.0;
   std::map<std::string, double> tau_per_area;  // overrides by area name
   bool train_tau = false;
+  bool tau_softplus = false;  // positive parametrisation tau = softplus(s) (opt-in)
 };
 
 // Builds, initialises and resolves the delays (warnings in graph.warnings).

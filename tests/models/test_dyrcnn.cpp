@@ -209,6 +209,23 @@ TEST_CASE("delays: DynVision's int/round rules and never-delivering connections 
   CHECK(round_half_even(3.5) == 4);
 }
 
+TEST_CASE("DyRCNN: the softplus tau parametrisation gives the same dynamics") {
+  DyRCNNOptions o = opts("DyRCNNx4", 16, 3);
+  o.tau = 3.0;
+  o.tau_per_area["IT"] = 7.0;
+  Graph raw = models::build_dyrcnn(o);
+  o.tau_softplus = true;
+  Graph sp = models::build_dyrcnn(o);
+  CHECK(sp.params.has("tau_softplus_IT"));
+  CHECK_FALSE(sp.params.has("tau_IT"));
+  CHECK(std::log1p(std::exp(sp.params.get("tau_softplus_IT").item(0))) == doctest::Approx(7.0));
+  Tensor x = test::random_uniform(Shape{1, 6, 3, 16, 16}, 0, 1, 4, DType::F32);
+  Context c1, c2;
+  Scheduler s1(c1, raw), s2(c2, sp);
+  Recording a = s1.run(x), b = s2.run(x);
+  require_close(b.logits, a.logits, 1e-6, 1e-5, "softplus vs raw tau");
+}
+
 TEST_CASE("DyRCNN: invalid options are config errors naming the option") {
   DyRCNNOptions o = opts("DyRCNNx4", 32, 10);
   o.recurrence_type = "depthwise";

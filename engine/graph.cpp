@@ -142,6 +142,7 @@ int Graph::max_read_age(int a) const {
 }
 
 void Graph::validate() const {
+  check_inputs();
   for (const Connection& c : connections) {
     if (c.target < 0 || c.target >= int(areas.size()))
       throw ConfigError(concat("connection ", c.name, ": target area index ", c.target));
@@ -164,6 +165,17 @@ void Graph::validate() const {
                                  " but area ", t.name, " is ", t.channels, "x", t.height, "x",
                                  t.width));
     }
+  }
+}
+
+void Graph::check_inputs() const {
+  for (size_t a = 0; a < areas.size(); ++a) {
+    bool fed = false;
+    for (const Connection& c : connections)
+      if (c.target == int(a) && c.source != int(a)) fed = true;
+    if (!fed)
+      throw ConfigError(concat("area ", areas[a].name, " never receives input: no connection ",
+                               "from the input or another area targets it"));
   }
 }
 

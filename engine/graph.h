@@ -110,8 +110,10 @@ struct Graph {
   void resolve_delays();
   // Largest age any read of area a needs (0 if nobody reads its history).
   int max_read_age(int a) const;
-  // Checks shapes of every operator against its source and target; throws ConfigError.
+  // Checks shapes of every operator against its source and target, and that every area is fed
+  // by the input or another area; throws ConfigError.
   void validate() const;
+  void check_inputs() const;
   std::string summary() const;  // a table of areas and connections
 };
 

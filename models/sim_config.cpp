@@ -89,6 +89,8 @@ ConfigSchema make_schema() {
   s.add_enum("dynamics.solver", {"euler", "rk4", "exp"}, "euler",
              "euler (DynVision), rk4 (DynVision's frozen-drive RK4), exp (exact for held drive)");
   s.add_bool("dynamics.train_tau", false, "tau is a trainable parameter");
+  s.add_enum("dynamics.tau_parametrization", {"raw", "softplus"}, "raw",
+             "raw tau (DynVision) or tau = softplus(s), positive by construction");
   s.add_bool("dynamics.strict", false, "a connection that can never deliver is an error");
   s.add_bool("dynamics.stability_check", false, "stop at the first non-finite state");
 
@@ -98,7 +100,8 @@ ConfigSchema make_schema() {
   s.add_enum("simulation.device", {"auto", "cpu", "cuda"}, "auto", "where to run");
   s.add_enum("simulation.record", {"layer", "full", "none"}, "layer",
              "layer: mean/std of |r| per area and step; full: every r(t)");
-  s.add_enum("simulation.format", {"npy"}, "npy", "output format");
+  s.add_enum("simulation.format", {"npy", "hdf5"}, "npy",
+             "npy: one .npy file per array; hdf5: one responses.h5");
   s.add_string("simulation.output", "out", "output folder");
   s.add_double("simulation.non_input_value", 0.0, "value of blank frames");
   s.add_int("simulation.threads", 0, "CPU threads (0 = all cores)").at_least(0);
@@ -268,9 +271,9 @@ Graph build_custom(const Config& cfg) {
         add_conv("depthwise_conv", op.out_channels, op.out_channels, op.kernel, op.out_channels);
         break;
       case OpKind::Self: {
-        Tensor& w = g.params.add(cn.name + ".weight", Tensor::zeros(Shape{}));
+        Tensor& w = g.params.add(cn.name + ".weight", Tensor::zeros(Shape{1}));
         init::uniform(w, -wmax, wmax, rng);
-        g.params.add(cn.name + ".bias", Tensor::zeros(Shape{}));
+        g.params.add(cn.name + ".bias", Tensor::zeros(Shape{1}));
         op.params = {cn.name + ".weight", cn.name + ".bias"};
         break;
       }
@@ -335,6 +338,7 @@ Graph build_graph(const Config& cfg) {
     o.seed = uint64_t(cfg.get_int("model.seed"));
     o.delays = delay_settings(cfg);
     o.train_tau = cfg.get_bool("dynamics.train_tau");
+    o.tau_softplus = cfg.get_string("dynamics.tau_parametrization") == "softplus";
     if (cfg.is_map("dynamics.tau")) {
       o.tau = 5.0;
       for (const auto& [name, v] : cfg.get_map("dynamics.tau")) o.tau_per_area[name] = v;

@@ -19,7 +19,7 @@ int run_info(std::ostream& out, bool json) {
   if (json) {
     out << "{\"version\": \"" << DYNSIM_VERSION << "\", \"backends\": [\"cpu\""
         << (cuda_compiled() ? ", \"cuda\"" : "") << "], \"cpu_threads\": " << cores
-        << ", \"eigen\": \"" << eigen << "\", \"cuda\": \"" << cuda_versions()
+        << ", \"hdf5\": " << (DYNSIM_WITH_HDF5 ? "true" : "false") << ", \"eigen\": \"" << eigen << "\", \"cuda\": \"" << cuda_versions()
         << "\", \"gpus\": [";
     for (size_t i = 0; i < gpus.size(); ++i)
       out << (i ? ", " : "") << "{\"index\": " << gpus[i].index << ", \"name\": \""
@@ -46,6 +46,7 @@ int run_info(std::ostream& out, bool json) {
                             "accumulation"
                           : "")
       << "\n";
+  out << "outputs:    npy" << (DYNSIM_WITH_HDF5 ? ", hdf5" : " (hdf5 not compiled)") << "\n";
   out << "default:    " << (gpus.empty() ? "cpu" : "cuda:0") << "\n";
   return 0;
 }

@@ -6,9 +6,9 @@
 set -euo pipefail
 
 pkgs=(cmake make g++ libeigen3-dev doctest-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
-      libstb-dev)
+      libstb-dev libhdf5-dev)
 if [[ "${1:-}" == "--tests" ]]; then
-  pkgs+=(python3-numpy python3-torch)
+  pkgs+=(python3-numpy python3-torch python3-h5py)
 fi
 
 missing=()

@@ -86,9 +86,9 @@ class Builder {
     } else if (type == "self") {
       op.kind = OpKind::Self;
       op.out_channels = C;
-      Tensor& w = weight(p + ".weight", Shape{});
+      Tensor& w = weight(p + ".weight", Shape{1});  // DynVision's shapes: [1]
       init::uniform(w, -o_.max_weight_init, o_.max_weight_init, rng_);
-      weight(p + ".bias", Shape{});
+      weight(p + ".bias", Shape{1});
       op.params = {p + ".weight", p + ".bias"};
     } else if (type == "depthpointwise") {
       op.kind = OpKind::DepthPoint;

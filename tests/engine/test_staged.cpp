@@ -118,6 +118,15 @@ TEST_CASE("staged: a zero-delay chain reads stage values (order 4 for rk4-classi
     return std::max(std::abs(r[0] - a), std::abs(r[1] - b));
   };
   CHECK(err(16) / err(32) == doctest::Approx(16).epsilon(0.1));
+  // DynVision's euler (frozen drive, B reads A's new rate) and forward Euler on the network:
+  // both first order, the error halves with dt (within 10%).
+  for (std::string solver : {"euler", "euler-staged"}) {
+    auto e = [&](int n) {
+      auto r = run(scalar_graph(T / n, tau, true, w, 0, 0), solver, n, u);
+      return std::max(std::abs(r[0] - a), std::abs(r[1] - b));
+    };
+    CHECK_MESSAGE(e(64) / e(128) == doctest::Approx(2).epsilon(0.1), solver);
+  }
   auto h = [&](int n) {
     auto r = run(scalar_graph(T / n, tau, true, w, 0, 0), "heun", n, u);
     return std::abs(r[1] - b);

@@ -13,6 +13,11 @@ case dyrcnn_<i>/params/: every parameter as <DynVision state_dict name>.npy.
 exact = 1: "sparse" weights (one nonzero power of two per output of every conv), so each conv
 output is w*x + b with w*x exact and the result does not depend on the summation order.
 """
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools" / "python"))
+import safetensors_io  # noqa: E402  (tools/python, numpy only)
 import collections
 import math
 
@@ -269,6 +274,9 @@ def generate(new_case):
                 arrays[f"rates_{a}"] = rates[a]
                 arrays[f"present_{a}"] = present[a]
             new_case(name).save(**arrays)
-            new_case(name + "/params").save(**p)
+            # The weights go through safetensors, as users' DynVision weights do.
+            safetensors_io.save(str(new_case(name).dir / "weights.safetensors"),
+                                {k: v.detach().numpy() for k, v in p.items()},
+                                {"format": "dynvision-state-dict"})
             n += 1
     return n

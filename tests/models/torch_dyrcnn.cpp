@@ -11,7 +11,9 @@
 
 #include "engine/scheduler.h"
 #include "kernels/dispatch.h"
+#include "engine/safetensors.h"
 #include "models/dyrcnn/dyrcnn.h"
+#include "models/weights.h"
 #include "tests/harness.h"
 
 using namespace dynsim;
@@ -54,26 +56,13 @@ RefCase read_case(const std::string& name) {
   return c;
 }
 
-// Overwrites every parameter of g with <case>/params/<name>.npy; the two name sets must be equal.
+// Loads every parameter of g from <case>/weights.safetensors through the weight importer, which
+// fails on any missing, unknown or misshapen key (the two name sets must be equal).
 void load_params(Graph& g, const std::string& name) {
-  const std::string dir = torch_refs_dir() + "/" + name + "/params";
-  std::set<std::string> files, graph_names;
-  for (const auto& e : std::filesystem::directory_iterator(dir))
-    if (e.path().extension() == ".npy") files.insert(e.path().stem().string());
-  for (const auto& e : g.params.entries()) graph_names.insert(e.name);
-  for (const std::string& n : graph_names)
-    CHECK_MESSAGE(files.count(n), name, ": dynsim parameter '", n, "' has no PyTorch array");
-  for (const std::string& n : files)
-    CHECK_MESSAGE(graph_names.count(n), name, ": PyTorch parameter '", n, "' is not in dynsim");
-  REQUIRE(files == graph_names);
-  for (auto& e : g.params.entries()) {
-    const Tensor v = torch_ref(name + "/params", e.name);
-    // DynVision's self-recurrence weight and bias are 1-element tensors, dynsim's are scalars.
-    const bool scalar_pair = v.numel() == 1 && e.value.numel() == 1;
-    REQUIRE_MESSAGE((v.shape() == e.value.shape() || scalar_pair), e.name, ": ", v.shape().str(),
-                    " vs ", e.value.shape().str());
-    for (int64_t i = 0; i < v.numel(); ++i) e.value.set(i, v.item(i));
-  }
+  const std::string path = torch_refs_dir() + "/" + name + "/weights.safetensors";
+  const TensorFile f = load_safetensors(path);
+  REQUIRE(f.tensors.size() == g.params.entries().size());
+  REQUIRE_NOTHROW(models::import_weights(g, f, path));
 }
 
 // rates [B, T, C, H, W] at step t as [B, C, H, W].

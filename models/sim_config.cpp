@@ -94,7 +94,7 @@ ConfigSchema make_schema() {
   s.add_bool("dynamics.strict", false, "a connection that can never deliver is an error");
   s.add_bool("dynamics.stability_check", false, "stop at the first non-finite state");
 
-  s.add_int("simulation.steps", 20, "recorded time steps").at_least(1);
+  s.add_int("simulation.steps", 30, "recorded time steps").at_least(1);
   s.add_int("simulation.idle_steps", 0, "unrecorded steps on a blank frame first").at_least(0);
   s.add_int("simulation.batch", 1, "samples (per-sample lists override it)").at_least(1);
   s.add_enum("simulation.device", {"auto", "cpu", "cuda"}, "auto", "where to run");
@@ -111,7 +111,7 @@ ConfigSchema make_schema() {
   s.add_string("stimulus.path", "", "file for kind = image or npy");
   s.add_double("stimulus.contrast", 1.0, "amplitude around the blank value");
   s.add_int("stimulus.onset", 2, "first step with the stimulus").at_least(0);
-  s.add_int("stimulus.duration", -1, "steps shown (-1: until the end)").at_least(-1);
+  s.add_int("stimulus.duration", 15, "steps shown (-1: until the end)").at_least(-1);
   s.add_doubles("stimulus.contrasts", {}, "per-sample contrasts (sets the batch)");
   s.add_doubles("stimulus.onsets", {}, "per-sample onsets in steps");
   s.add_doubles("stimulus.durations", {}, "per-sample durations in steps");

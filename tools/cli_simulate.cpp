@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -97,6 +98,54 @@ void publish(const fs::path& tmp, const fs::path& out) {
   fs::remove_all(old);
 }
 
+// Batch-averaged mean |r| per step of area a (NaN where absent).
+std::vector<double> batch_trace(const Recording& rec, size_t a, RecordMode mode) {
+  std::vector<double> tr(size_t(rec.steps), 0.0);
+  if (mode == RecordMode::Layer) {
+    const Tensor& m = rec.mean_abs[a];
+    const int64_t B = m.dim(0);
+    for (int t = 0; t < rec.steps; ++t) {
+      for (int64_t b = 0; b < B; ++b) tr[size_t(t)] += m.item(b * rec.steps + t) / double(B);
+    }
+  } else {
+    const Tensor& r = rec.rates[a];
+    const int64_t B = r.dim(0), per = r.numel() / (B * rec.steps);
+    for (int64_t b = 0; b < B; ++b)
+      for (int t = 0; t < rec.steps; ++t) {
+        double s = 0;
+        for (int64_t i = 0; i < per; ++i) s += std::abs(r.item((b * rec.steps + t) * per + i));
+        tr[size_t(t)] += s / double(per * B);
+      }
+    for (int t = 0; t < rec.steps; ++t)
+      if (!rec.present[a][size_t(t)]) tr[size_t(t)] = std::nan("");
+  }
+  return tr;
+}
+
+// Response onset and peak of a trace for a stimulus starting at step `from`: the peak is the
+// largest value from `from` on (DynVision's peak_time); the onset the first step from `from` on
+// where the trace has risen by 10% of (peak - baseline) above the baseline (the value just
+// before `from`, 0 when absent). -1 when the trace never rises.
+struct Latency {
+  int onset = -1, peak = -1;
+  double peak_value = 0;
+};
+Latency latency(const std::vector<double>& tr, int from) {
+  Latency l;
+  const int T = int(tr.size());
+  const double base = from >= 1 && tr[size_t(from - 1)] == tr[size_t(from - 1)] ? tr[size_t(from - 1)] : 0.0;
+  for (int t = std::max(from, 0); t < T; ++t)
+    if (tr[size_t(t)] == tr[size_t(t)] && (l.peak < 0 || tr[size_t(t)] > l.peak_value))
+      l.peak = t, l.peak_value = tr[size_t(t)];
+  if (l.peak < 0 || !(l.peak_value > base)) return Latency{-1, -1, l.peak < 0 ? 0 : l.peak_value};
+  for (int t = std::max(from, 0); t <= l.peak; ++t)
+    if (tr[size_t(t)] - base >= 0.1 * (l.peak_value - base)) {
+      l.onset = t;
+      break;
+    }
+  return l;
+}
+
 }  // namespace
 
 int run_simulate(const SimulateArgs& a) {
@@ -136,6 +185,10 @@ int run_simulate(const SimulateArgs& a) {
   const RunOptions ro = models::run_options(cfg);
   const auto t0 = std::chrono::steady_clock::now();
   Recording rec = sched.run(input, ro);
+  // Where the stimulus starts (the earliest per-sample onset).
+  int stim_onset = int(cfg.get_int("stimulus.onset"));
+  for (double o : cfg.get_doubles("stimulus.onsets")) stim_onset = std::min(stim_onset, int(o));
+  std::vector<Latency> latencies;
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   // Write everything into a temporary folder, then rename it into place. Folders made on the
@@ -159,24 +212,27 @@ int run_simulate(const SimulateArgs& a) {
     // The arrays by name: npy writes NAME.npy with '/' as '_' (response_avg_V1.npy), hdf5 one
     // dataset per name in responses.h5 (response_avg/V1).
     std::vector<std::pair<std::string, Tensor>> arrays;
+    const double dt = cfg.get_double("dynamics.dt");
+    summary["stimulus_onset_step"] = stim_onset;
+    summary["dt_ms"] = dt;
     Tensor present = Tensor::zeros(Shape{int64_t(g.areas.size()), rec.steps}, DType::I32);
     for (size_t ai = 0; ai < g.areas.size(); ++ai) {
       const Area& ar = g.areas[ai];
       for (int t = 0; t < rec.steps; ++t)
         present.set(int64_t(ai) * rec.steps + t, rec.present[ai][size_t(t)]);
       nlohmann::json aj = {{"name", ar.name}, {"shape", {ar.channels, ar.height, ar.width}}};
+      if (ro.record != RecordMode::None) {
+        const Latency l = latency(batch_trace(rec, ai, ro.record), stim_onset);
+        aj["onset_step"] = l.onset;
+        aj["peak_step"] = l.peak;
+        aj["onset_ms"] = l.onset < 0 ? nlohmann::json() : nlohmann::json((l.onset - stim_onset) * dt);
+        aj["peak_ms"] = l.peak < 0 ? nlohmann::json() : nlohmann::json((l.peak - stim_onset) * dt);
+        aj["peak_mean_abs_r"] = l.peak_value;
+        latencies.push_back(l);
+      }
       if (ro.record == RecordMode::Layer) {
         arrays.emplace_back("response_avg/" + ar.name, rec.mean_abs[ai]);
         arrays.emplace_back("response_std/" + ar.name, rec.std_abs[ai]);
-        // Peak of the batch-averaged trace (DynVision's peak_time in steps).
-        int peak = -1;
-        double best = -1;
-        for (int t = 0; t < rec.steps; ++t) {
-          double m = 0;
-          for (int64_t b = 0; b < input.dim(0); ++b) m += rec.mean_abs[ai].item(b * rec.steps + t);
-          if (m == m && m > best) best = m, peak = t;
-        }
-        aj["peak_step"] = peak;
       } else if (ro.record == RecordMode::Full) {
         arrays.emplace_back("rates/" + ar.name, rec.rates[ai]);
       }
@@ -218,15 +274,18 @@ int run_simulate(const SimulateArgs& a) {
               << " ms, on " << device_note << "\n";
     std::cout << "  " << double(rec.steps + ro.idle_steps) / wall << " steps/s (" << wall * 1e3
               << " ms wall)\n";
+    const double dt = cfg.get_double("dynamics.dt");
+    std::cout << "  stimulus from step " << stim_onset << "; latencies in ms after its onset:\n";
     for (size_t ai = 0; ai < g.areas.size(); ++ai) {
-      int first = -1;
-      for (int t = 0; t < rec.steps && first < 0; ++t)
-        if (rec.present[ai][size_t(t)]) first = t;
-      std::cout << "  " << g.areas[ai].name << ": " << g.areas[ai].channels << "x"
-                << g.areas[ai].height << "x" << g.areas[ai].width << ", first active step "
-                << first;
-      if (ro.record == RecordMode::Layer) {
-        std::cout << ", mean |r| at the last step " << rec.mean_abs[ai].item(rec.steps - 1);
+      std::cout << "  " << g.areas[ai].name << " (" << g.areas[ai].channels << "x"
+                << g.areas[ai].height << "x" << g.areas[ai].width << ")";
+      if (ai < latencies.size()) {
+        const Latency& l = latencies[ai];
+        if (l.onset < 0)
+          std::cout << ": no response to the stimulus";
+        else
+          std::cout << ": onset " << (l.onset - stim_onset) * dt << " ms, peak "
+                    << (l.peak - stim_onset) * dt << " ms (mean |r| " << l.peak_value << ")";
       }
       std::cout << "\n";
     }

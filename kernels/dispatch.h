@@ -255,6 +255,12 @@ inline void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const
   no_cuda("leak_forward");
 }
 
+inline void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x, const Tensor& u,
+                          const Tensor& h, const Tensor& tau, const Tensor& grad_u,
+                          const Tensor& grad_h, const Tensor& grad_tau, GradMode m) {
+  if (!on_cuda(c)) return cpu::leak_backward(c, p, grad_x, u, h, tau, grad_u, grad_h, grad_tau, m);
+  no_cuda("leak_backward");
+}
 inline void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau,
                        const Tensor& k) {
   if (!on_cuda(c)) return cpu::leak_slope(c, u, r, tau, k);

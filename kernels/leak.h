@@ -15,6 +15,11 @@ struct LeakParams {
 namespace cpu {
 void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
                   const Tensor& tau, const Tensor& x);
+// Gradients of leak_forward: grad_u, grad_h (ignored without h) and grad_tau ([1]: summed over
+// everything; [B]: per sample); any may be undefined.
+void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x, const Tensor& u,
+                   const Tensor& h, const Tensor& tau, const Tensor& grad_u, const Tensor& grad_h,
+                   const Tensor& grad_tau, GradMode m);
 // The slope of a staged (Runge-Kutta) solver: k = (u - r) / tau, per sample when tau is [B].
 void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau, const Tensor& k);
 }  // namespace cpu

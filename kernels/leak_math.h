@@ -35,4 +35,29 @@ DYNSIM_HD T leak_step(LeakRule rule, T u, T h, bool has_h, T tau, double dt) {
   return h + d * (k1 + T(2) * k2 + T(2) * k3 + k4) / T(6);
 }
 
+// Partial derivatives of leak_step at (u, h, tau): d/du, d/dh (0 without h) and d/dtau.
+// Frozen-drive RK4 equals u + (h - u) P(a) with P(a) = 1 - a + a^2/2 - a^3/6 + a^4/24 in exact
+// arithmetic, which gives its derivatives; the first (state-less) step is Euler's a u.
+template <class T>
+struct LeakGrad {
+  T du, dh, dtau;
+};
+template <class T>
+DYNSIM_HD LeakGrad<T> leak_step_grad(LeakRule rule, T u, T h, bool has_h, T tau, double dt) {
+  const T d = T(dt);
+  const T da_dtau = -d / (tau * tau);  // a = dt / tau
+  if (rule == LeakRule::Exp) {
+    const T e = T(std::exp(-dt / double(tau)));
+    const T phi = T(1) - e, dphi_dtau = e * da_dtau;  // d(1 - e^-a)/dtau = e^-a da/dtau
+    if (!has_h) return {phi, T(0), u * dphi_dtau};
+    return {phi, T(1) - phi, (u - h) * dphi_dtau};
+  }
+  const T a = d / tau;
+  if (!has_h) return {a, T(0), u * da_dtau};
+  if (rule == LeakRule::Euler) return {a, T(1) - a, (u - h) * da_dtau};
+  const T P = T(1) - a + a * a / T(2) - a * a * a / T(6) + a * a * a * a / T(24);
+  const T dP = T(-1) + a - a * a / T(2) + a * a * a / T(6);
+  return {T(1) - P, P, (h - u) * dP * da_dtau};
+}
+
 }  // namespace dynsim

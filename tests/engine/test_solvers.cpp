@@ -72,6 +72,9 @@ TEST_CASE("solver: exp is exact for a held drive; Euler error halves and RK4 err
     for (int i = 0; i < n; ++i) ops::leak_forward(ctx, {rule, 1.0 / n}, U, X, T, X);
     return std::abs(X.item(0) - exact);
   };
+  MESSAGE("held drive: exp error ", err(LeakRule::Exp, 7), "; error ratio dt vs dt/2: euler ",
+          err(LeakRule::Euler, 64) / err(LeakRule::Euler, 128), ", rk4 (frozen) ",
+          err(LeakRule::Rk4Frozen, 16) / err(LeakRule::Rk4Frozen, 32));
   CHECK(err(LeakRule::Exp, 7) < 1e-14);
   const double e1 = err(LeakRule::Euler, 64), e2 = err(LeakRule::Euler, 128);
   CHECK(e1 / e2 == doctest::Approx(2.0).epsilon(0.02));

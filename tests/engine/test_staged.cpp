@@ -101,10 +101,16 @@ TEST_CASE("staged: convergence orders on one area with a held drive (1, 2, 2, 4)
   auto err = [&](const std::string& solver, int n) {
     return std::abs(run(scalar_graph(1.0 / n, tau, false, 0, 0, 0), solver, n, u)[0] - exact);
   };
-  CHECK(err("euler-staged", 32) / err("euler-staged", 64) == doctest::Approx(2).epsilon(0.05));
-  CHECK(err("heun", 32) / err("heun", 64) == doctest::Approx(4).epsilon(0.05));
-  CHECK(err("midpoint", 32) / err("midpoint", 64) == doctest::Approx(4).epsilon(0.05));
-  CHECK(err("rk4-classic", 16) / err("rk4-classic", 32) == doctest::Approx(16).epsilon(0.08));
+  const double re = err("euler-staged", 32) / err("euler-staged", 64);
+  const double rh = err("heun", 32) / err("heun", 64);
+  const double rm = err("midpoint", 32) / err("midpoint", 64);
+  const double rr = err("rk4-classic", 16) / err("rk4-classic", 32);
+  MESSAGE("one area, error ratio dt vs dt/2: euler-staged ", re, ", heun ", rh, ", midpoint ", rm,
+          ", rk4-classic ", rr);
+  CHECK(re == doctest::Approx(2).epsilon(0.05));
+  CHECK(rh == doctest::Approx(4).epsilon(0.05));
+  CHECK(rm == doctest::Approx(4).epsilon(0.05));
+  CHECK(rr == doctest::Approx(16).epsilon(0.08));
   CHECK(err("rk4-classic", 32) < 1e-7);
 }
 
@@ -117,6 +123,7 @@ TEST_CASE("staged: a zero-delay chain reads stage values (order 4 for rk4-classi
     auto r = run(scalar_graph(T / n, tau, true, w, 0, 0), "rk4-classic", n, u);
     return std::max(std::abs(r[0] - a), std::abs(r[1] - b));
   };
+  MESSAGE("two-area chain, rk4-classic error ratio: ", err(16) / err(32));
   CHECK(err(16) / err(32) == doctest::Approx(16).epsilon(0.1));
   // DynVision's euler (frozen drive, B reads A's new rate) and forward Euler on the network:
   // both first order, the error halves with dt (within 10%).
@@ -125,12 +132,14 @@ TEST_CASE("staged: a zero-delay chain reads stage values (order 4 for rk4-classi
       auto r = run(scalar_graph(T / n, tau, true, w, 0, 0), solver, n, u);
       return std::max(std::abs(r[0] - a), std::abs(r[1] - b));
     };
+    MESSAGE("two-area chain, ", solver, " error ratio: ", e(64) / e(128));
     CHECK_MESSAGE(e(64) / e(128) == doctest::Approx(2).epsilon(0.1), solver);
   }
   auto h = [&](int n) {
     auto r = run(scalar_graph(T / n, tau, true, w, 0, 0), "heun", n, u);
     return std::abs(r[1] - b);
   };
+  MESSAGE("two-area chain, heun error ratio: ", h(32) / h(64));
   CHECK(h(32) / h(64) > 3.5);  // at least second order (B converges faster here)
 }
 

@@ -7,6 +7,9 @@
 #include "engine/tensor.h"
 
 namespace dynsim {
-Tensor load_npy(const std::string& path);                  // NoInputError / DataError
-void save_npy(const std::string& path, const Tensor& t);   // host tensor; IoError
+Tensor load_npy(const std::string& path);  // NoInputError / DataError
+// Parses the bytes of a whole .npy file (e.g. a member of an .npz archive); `what` names it in
+// errors. descr (optional) receives the stored dtype string, e.g. "|u1" or "<f4".
+Tensor parse_npy(const std::string& bytes, const std::string& what, std::string* descr = nullptr);
+void save_npy(const std::string& path, const Tensor& t);  // host tensor; IoError
 }  // namespace dynsim

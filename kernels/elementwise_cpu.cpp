@@ -8,18 +8,6 @@
 namespace dynsim::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 15;
-
-template <class F>
-void for_each_index(const Context& c, int64_t n, F&& f) {
-  if (n < kParallelMin || c.threads() == 1) {
-    for (int64_t i = 0; i < n; ++i) f(i);
-    return;
-  }
-#pragma omp parallel for num_threads(c.threads()) schedule(static)
-  for (int64_t i = 0; i < n; ++i) f(i);
-}
-
 void check_like(const char* op, const char* role, const Tensor& t, const Tensor& like) {
   check_arg(op, role, t, like, like.shape());
 }

@@ -10,7 +10,6 @@
 namespace dynsim {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 15;
 
 int64_t exact_isqrt(int64_t n) {
   int64_t s = int64_t(std::sqrt(double(n)));
@@ -36,16 +35,6 @@ void check_pair(const char* op, const LocalSheetMap& m, const char* layer_role, 
     throw DataError(concat(op, ": ", layer_role, " must be [N,C,H,W], got ", layer.str()));
   check_shape(op, layer_role, layer, Shape{layer.dim(0), m.channels, m.height, m.width});
   check_arg(op, plane_role, plane, layer, Shape{layer.dim(0), 1, m.plane_h(), m.plane_w()});
-}
-
-template <class F>
-void parallel_for(const Context& c, int64_t n, F&& f) {
-  if (n < kParallelMin || c.threads() == 1) {
-    for (int64_t i = 0; i < n; ++i) f(i);
-    return;
-  }
-#pragma omp parallel for num_threads(c.threads()) schedule(static)
-  for (int64_t i = 0; i < n; ++i) f(i);
 }
 
 }  // namespace
@@ -104,7 +93,7 @@ void layer_to_sheet_forward(Context& c, const LocalSheetMap& map, const Tensor& 
     const T* px = x.data<T>();
     T* pp = plane.data<T>();
     const int32_t* src = map.plane_source.data();
-    parallel_for(c, N * P, [&](int64_t e) {
+    cpu::for_each_index(c, N * P, [&](int64_t e) {
       const int64_t n = e / P, q = e - n * P;
       pp[e] = px[n * L + src[q]];
     });
@@ -124,7 +113,7 @@ void layer_to_sheet_backward(Context& c, const LocalSheetMap& map, const Tensor&
     const T* gp = grad_plane.data<T>();
     T* gx = grad_x.data<T>();
     const int32_t* to_plane = map.layer_to_plane.data();
-    parallel_for(c, N * L, [&](int64_t e) {
+    cpu::for_each_index(c, N * L, [&](int64_t e) {
       const int64_t n = e / L, i = e - n * L, ch = i / HW;
       T g = gp[n * P + to_plane[i]];
       if (ch >= first_copied) {  // the padding channel 2C-1-ch shows this element again
@@ -147,7 +136,7 @@ void sheet_to_layer_forward(Context& c, const LocalSheetMap& map, const Tensor& 
     const T* pp = plane.data<T>();
     T* py = y.data<T>();
     const int32_t* to_plane = map.layer_to_plane.data();
-    parallel_for(c, N * L, [&](int64_t e) {
+    cpu::for_each_index(c, N * L, [&](int64_t e) {
       const int64_t n = e / L, i = e - n * L;
       py[e] = pp[n * P + to_plane[i]];
     });
@@ -166,7 +155,7 @@ void sheet_to_layer_backward(Context& c, const LocalSheetMap& map, const Tensor&
     const T* gy = grad_y.data<T>();
     T* gp = grad_plane.data<T>();
     const int32_t* to_layer = map.plane_to_layer.data();
-    parallel_for(c, N * P, [&](int64_t e) {
+    cpu::for_each_index(c, N * P, [&](int64_t e) {
       const int64_t n = e / P, q = e - n * P, l = to_layer[q];
       write_grad(gp[e], l < L ? gy[n * L + l] : T(0), m);  // padding channels are dropped
     });

@@ -21,6 +21,20 @@ inline void write_grad(T& dst, T v, GradMode m) {
 }
 
 namespace cpu {
+// Runs f(i) for i in [0, n): inline for small n (a parallel region costs more than it saves),
+// split statically over the context's threads otherwise. Elementwise bodies give the same bits
+// for any split.
+constexpr int64_t kParallelMin = 1 << 15;
+template <class F>
+void for_each_index(const Context& c, int64_t n, F&& f) {
+  if (n < kParallelMin || c.threads() == 1) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+#pragma omp parallel for num_threads(c.threads()) schedule(static)
+  for (int64_t i = 0; i < n; ++i) f(i);
+}
+
 // Calls f(T{}) with T = float or double after checking that t is a host float tensor.
 template <class F>
 decltype(auto) with_float_type(const char* op, const Tensor& t, F&& f) {

@@ -50,7 +50,6 @@ inline Window window(int64_t o, int stride, int pad, int kernel, int64_t in) {
 }
 
 // Parallelise over planes only when there is enough work to pay for a parallel region.
-constexpr int64_t kParallelMin = 1 << 15;
 
 struct Planes {
   int64_t count, h, w, ho, wo;

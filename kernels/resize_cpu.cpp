@@ -9,7 +9,6 @@
 namespace dynsim::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 15;
 
 // x and y must be defined 4-d tensors with the same N, C, dtype and device and non-empty planes.
 void check_pair(const char* op, const char* x_role, const Tensor& x, const char* y_role,

@@ -3,14 +3,15 @@
 # installed, and apt-get update runs only when something is missing. Runs as root (no sudo) or
 # with sudo when available. Usage: tools/setup.sh [--tests]
 #   --tests  also installs the test references (python3-numpy, python3-torch for /usr/bin/python3)
+#            and Fashion-MNIST (dataset-fashion-mnist) for the dataset reader test
 set -euo pipefail
 
 # Build: compiler, CMake and header libraries; HDF5 for .h5 outputs. The main job's plot of the
 # response traces uses numpy + matplotlib under /usr/bin/python3.
 pkgs=(cmake make g++ libeigen3-dev doctest-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
-      libstb-dev libhdf5-dev python3-numpy python3-matplotlib)
+      libstb-dev libhdf5-dev zlib1g-dev python3-numpy python3-matplotlib)
 if [[ "${1:-}" == "--tests" ]]; then
-  pkgs+=(python3-torch python3-h5py)
+  pkgs+=(python3-torch python3-h5py dataset-fashion-mnist)
 fi
 
 missing=()

@@ -9,6 +9,7 @@
 #include "kernels/local_sheet.h"
 #include "kernels/losses.h"
 #include "kernels/noise.h"
+#include "kernels/optim.h"
 #include "kernels/pool2d.h"
 #include "kernels/reduce.h"
 #include "kernels/resize.h"
@@ -286,6 +287,22 @@ inline void gaussian_noise_backward(Context& c, const Tensor& grad_y, const Tens
     axpy(c, 1.0, grad_y, grad_x);
   else
     scale(c, 1.0, grad_y, grad_x);
+}
+
+// Optimiser updates (kernels/optim.h), in place on param and the state tensors.
+inline void sgd_step(Context& c, const SgdParams& p, const Tensor& param, const Tensor& grad,
+                     const Tensor& momentum_buf) {
+  if (!on_cuda(c)) return cpu::sgd_step(c, p, param, grad, momentum_buf);
+  no_cuda("sgd_step");
+}
+inline void adam_step(Context& c, const AdamParams& p, const Tensor& param, const Tensor& grad,
+                      const Tensor& exp_avg, const Tensor& exp_avg_sq) {
+  if (!on_cuda(c)) return cpu::adam_step(c, p, param, grad, exp_avg, exp_avg_sq);
+  no_cuda("adam_step");
+}
+inline double sum_squares(Context& c, const Tensor& x) {
+  if (!on_cuda(c)) return cpu::sum_squares(c, x);
+  no_cuda("sum_squares");
 }
 
 }  // namespace dynsim::ops

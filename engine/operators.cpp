@@ -13,6 +13,9 @@ struct OperatorRunner::Impl {
   // Intermediate buffers, allocated once.
   Tensor input_sum, mid1, mid2, pre_resize, sheet_in, sheet_out;
   Tensor w1, b1, w2, b2;  // parameters (views sharing the store's storage)
+  // Backward buffers, allocated on the first backward call.
+  Tensor g_pre, g_mid, g_xe, g_sheet_in, g_sheet_out, g_tmp;
+  DType dtype = DType::F32;
   Conv2dParams p1, p2;
   Shape out;
   LocalSheetMap sheet;  // Local / LocalDepthwise
@@ -36,6 +39,7 @@ OperatorRunner::OperatorRunner(Context& ctx, const OpSpec& op, ParamStore& param
   Impl& m = *impl_;
   m.op = op;
   m.batch = batch;
+  m.dtype = dtype;
   const int B = batch, C = op.in_channels, H = op.in_h, W = op.in_w;
   auto param = [&](size_t i) -> Tensor {
     if (i >= op.params.size()) return {};
@@ -57,6 +61,7 @@ OperatorRunner::OperatorRunner(Context& ctx, const OpSpec& op, ParamStore& param
       m.p1 = same_pad(op.kernel, op.stride, 1);
       m.p2 = same_pad(op.kernel, 1, 1);
       m.mid1 = buf(op.mid_channels, oh, ow);
+      m.mid2 = buf(op.mid_channels, oh, ow);
       break;
     case OpKind::DepthPoint:  // depthwise k x k on C, then pointwise C -> C'
       m.w1 = param(0);
@@ -136,8 +141,8 @@ void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
     case OpKind::TwoStage:
       ops::conv2d_forward(ctx, m.p1, x, m.w1, m.b1, m.mid1);
       ops::relu_forward(ctx, m.mid1, m.mid1);
-      if (middle_add.defined()) ops::add(ctx, m.mid1, middle_add, m.mid1);
-      ops::conv2d_forward(ctx, m.p2, m.mid1, m.w2, m.b2, dst);
+      if (middle_add.defined()) ops::add(ctx, m.mid1, middle_add, m.mid2);
+      ops::conv2d_forward(ctx, m.p2, middle_add.defined() ? m.mid2 : m.mid1, m.w2, m.b2, dst);
       break;
     case OpKind::DepthPoint:
     case OpKind::PointDepth:
@@ -172,6 +177,142 @@ void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
     }
   }
   if (m.op.resize_h) ops::resize_nearest_forward(ctx, m.pre_resize, y);
+}
+
+namespace {
+
+// dst = src (Overwrite) or dst += src (Accumulate).
+void put(Context& ctx, const Tensor& src, const Tensor& dst, GradMode m) {
+  if (!dst.defined()) return;
+  if (m == GradMode::Accumulate)
+    ops::axpy(ctx, 1.0, src, dst);
+  else
+    ops::scale(ctx, 1.0, src, dst);
+}
+
+// conv2d_backward with one mode for grad_x and another for the parameter gradients.
+void conv_backward(Context& ctx, const Conv2dParams& p, const Tensor& gy, const Tensor& x,
+                   const Tensor& w, const Tensor& gx, GradMode gx_mode, const Tensor& gw,
+                   const Tensor& gb, GradMode m) {
+  if (gx_mode == m) return ops::conv2d_backward(ctx, p, gy, x, w, gx, gw, gb, m);
+  if (gx.defined()) ops::conv2d_backward(ctx, p, gy, x, w, gx, {}, {}, gx_mode);
+  if (gw.defined() || gb.defined()) ops::conv2d_backward(ctx, p, gy, x, w, {}, gw, gb, m);
+}
+
+}  // namespace
+
+void OperatorRunner::backward(Context& ctx, const Tensor& x_in, const Tensor& grad_y,
+                              const Tensor& grad_x, ParamStore* grads, GradMode mode,
+                              const Tensor& input_add, const Tensor& middle_add,
+                              const Tensor& grad_input_add, const Tensor& grad_middle_add) {
+  Impl& m = *impl_;
+  const OpSpec& op = m.op;
+  auto like = [&](const Tensor& t) { return ctx.empty(t.shape(), m.dtype); };
+  auto pg = [&](size_t i) -> Tensor {  // gradient of parameter i, or undefined
+    return grads && i < op.params.size() ? grads->get(op.params[i]) : Tensor();
+  };
+  // Parameter indices: weights and biases in order ([w1, b1, w2, b2] or [w1, w2]).
+  const size_t iw1 = 0, ib1 = op.bias ? 1 : size_t(-1), iw2 = op.bias ? 2 : 1,
+               ib2 = op.bias ? 3 : size_t(-1);
+  Tensor xe = x_in;
+  if (input_add.defined()) {
+    ops::add(ctx, x_in, input_add, m.input_sum);
+    xe = m.input_sum;
+  }
+  Tensor gout = grad_y;
+  if (op.resize_h) {
+    if (!m.g_pre.defined()) m.g_pre = like(m.pre_resize);
+    ops::resize_nearest_backward(ctx, grad_y, m.g_pre, GradMode::Overwrite);
+    gout = m.g_pre;
+  }
+  // The gradient of the operator's input x_e = x [+ input_add].
+  const bool split = input_add.defined();
+  if (split && !m.g_xe.defined()) m.g_xe = like(xe);
+  const Tensor gxe = split ? m.g_xe : grad_x;
+  const GradMode gxe_mode = split ? GradMode::Overwrite : mode;
+  auto mid_grad = [&](const Tensor& shape_of) -> Tensor& {
+    if (!m.g_mid.defined()) m.g_mid = like(shape_of);
+    return m.g_mid;
+  };
+  switch (op.kind) {
+    case OpKind::Conv:
+      conv_backward(ctx, m.p1, gout, xe, m.w1, gxe, gxe_mode, pg(iw1), pg(ib1), mode);
+      break;
+    case OpKind::TwoStage: {
+      ops::conv2d_forward(ctx, m.p1, xe, m.w1, m.b1, m.mid1);
+      ops::relu_forward(ctx, m.mid1, m.mid1);
+      if (middle_add.defined()) ops::add(ctx, m.mid1, middle_add, m.mid2);
+      Tensor& gm = mid_grad(m.mid1);
+      conv_backward(ctx, m.p2, gout, middle_add.defined() ? m.mid2 : m.mid1, m.w2, gm,
+                    GradMode::Overwrite, pg(iw2), pg(ib2), mode);
+      put(ctx, gm, grad_middle_add, mode);
+      ops::relu_backward(ctx, m.mid1, gm, gm, GradMode::Overwrite);  // relu(c) > 0 iff c > 0
+      conv_backward(ctx, m.p1, gm, xe, m.w1, gxe, gxe_mode, pg(iw1), pg(ib1), mode);
+      break;
+    }
+    case OpKind::DepthPoint:
+    case OpKind::PointDepth: {
+      ops::conv2d_forward(ctx, m.p1, xe, m.w1, m.b1, m.mid1);
+      Tensor& gm = mid_grad(m.mid1);
+      conv_backward(ctx, m.p2, gout, m.mid1, m.w2, gm, GradMode::Overwrite, pg(iw2), pg(ib2), mode);
+      conv_backward(ctx, m.p1, gm, xe, m.w1, gxe, gxe_mode, pg(iw1), pg(ib1), mode);
+      break;
+    }
+    case OpKind::Self: {
+      // y = w h (+ b while b != 0): dh = w dy, dw = sum(dy h), db = sum(dy) while b != 0.
+      const double w = m.w1.to_vector()[0];
+      if (gxe.defined()) {
+        if (gxe_mode == GradMode::Accumulate)
+          ops::axpy(ctx, w, gout, gxe);
+        else
+          ops::scale(ctx, w, gout, gxe);
+      }
+      auto add_scalar = [&](const Tensor& g, double v) {
+        if (!g.defined()) return;
+        Tensor h = ctx.to_host(g);
+        h.set(0, (mode == GradMode::Accumulate ? h.item(0) : 0.0) + v);
+        ctx.copy(g, h);
+      };
+      if (!m.g_tmp.defined()) m.g_tmp = like(gout);
+      Tensor s = ctx.empty(Shape{1}, m.dtype);
+      ops::mul(ctx, gout, xe, m.g_tmp);
+      ops::sum_all_forward(ctx, m.g_tmp, s);
+      add_scalar(pg(0), ctx.to_host(s).item(0));
+      const bool b_live = m.b1.defined() && m.b1.to_vector()[0] != 0.0;
+      ops::sum_all_forward(ctx, gout, s);
+      add_scalar(pg(1), b_live ? ctx.to_host(s).item(0) : 0.0);
+      break;
+    }
+    case OpKind::Identity:
+      if (gxe.defined()) put(ctx, gout, gxe, gxe_mode);
+      break;
+    case OpKind::Local:
+    case OpKind::LocalDepthwise: {
+      const Tensor wv = m.w1.view(Shape{1, 1, m.w1.dim(-2), m.w1.dim(-1)});
+      ops::layer_to_sheet_forward(ctx, m.sheet, xe, m.sheet_in);
+      if (!m.g_sheet_out.defined()) m.g_sheet_out = like(m.sheet_out);
+      if (!m.g_sheet_in.defined()) m.g_sheet_in = like(m.sheet_in);
+      Tensor g_layer = gout;
+      if (op.kind == OpKind::LocalDepthwise) {
+        ops::conv2d_forward(ctx, m.p1, m.sheet_in, wv, m.b1, m.sheet_out);
+        ops::sheet_to_layer_forward(ctx, m.sheet, m.sheet_out, m.mid1);
+        Tensor& gm = mid_grad(m.mid1);
+        conv_backward(ctx, m.p2, gout, m.mid1, m.w2, gm, GradMode::Overwrite, pg(iw2), pg(ib2),
+                      mode);
+        g_layer = gm;
+      }
+      ops::sheet_to_layer_backward(ctx, m.sheet, g_layer, m.g_sheet_out, GradMode::Overwrite);
+      const Tensor gw = pg(iw1);
+      conv_backward(ctx, m.p1, m.g_sheet_out, m.sheet_in, wv, m.g_sheet_in, GradMode::Overwrite,
+                    gw.defined() ? gw.view(wv.shape()) : Tensor(), pg(ib1), mode);
+      if (gxe.defined()) ops::layer_to_sheet_backward(ctx, m.sheet, m.g_sheet_in, gxe, gxe_mode);
+      break;
+    }
+  }
+  if (split) {
+    put(ctx, m.g_xe, grad_x, mode);
+    put(ctx, m.g_xe, grad_input_add, mode);
+  }
 }
 
 }  // namespace dynsim

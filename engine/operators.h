@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/graph.h"
+#include "kernels/op_common.h"
 
 namespace dynsim {
 
@@ -20,6 +21,14 @@ class OperatorRunner {
   // input_add / middle_add may be undefined. y must have output_shape().
   void forward(Context& ctx, const Tensor& x, const Tensor& y, const Tensor& input_add = {},
                const Tensor& middle_add = {});
+  // The reverse of forward for output gradient grad_y: grad_x, grad_input_add and
+  // grad_middle_add (each may be undefined) and the parameter gradients, written into `grads`
+  // under the operator's parameter names (nullptr: none wanted), all in mode m. The forward
+  // intermediates are recomputed from x (the runner keeps no state between calls).
+  void backward(Context& ctx, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x,
+                ParamStore* grads, GradMode m, const Tensor& input_add = {},
+                const Tensor& middle_add = {}, const Tensor& grad_input_add = {},
+                const Tensor& grad_middle_add = {});
 
  private:
   struct Impl;

@@ -46,10 +46,9 @@ struct Hermite {
         h11(u * u * u - u * u) {}
 };
 
-bool all_finite(const Tensor& t) {
-  const Tensor h = t;  // host tensors only here (the CUDA scheduler checks on the device)
-  for (int64_t i = 0; i < h.numel(); ++i)
-    if (!std::isfinite(h.item(i))) return false;
+bool all_finite(const Tensor& host) {  // host tensors only (callers copy to the host first)
+  for (int64_t i = 0; i < host.numel(); ++i)
+    if (!std::isfinite(host.item(i))) return false;
   return true;
 }
 
@@ -233,7 +232,7 @@ struct Scheduler::Impl {
   }
 
   // Value an area forwards at step t (pooled r(t - k)), or nullptr when absent.
-  const Tensor* forwarded(int a, int64_t t, const std::vector<uint8_t>& fwd_present) const {
+  const Tensor* forwarded(int a, const std::vector<uint8_t>& fwd_present) const {
     if (!fwd_present[size_t(a)]) return nullptr;
     return g.areas[size_t(a)].has_pool ? &pooled[size_t(a)] : fwd_src[size_t(a)];
   }
@@ -310,7 +309,7 @@ struct Scheduler::Impl {
 
       if (!idle) record_step(rec, tr, r_present, opt);
       if (K > 0 && !idle) {
-        const Tensor* v = g.readout.delivers ? forwarded(g.readout.source, t, fwd_present) : nullptr;
+        const Tensor* v = g.readout.delivers ? forwarded(g.readout.source, fwd_present) : nullptr;
         if (v) {
           ops::mean_hw_forward(ctx, *v, readout_mean);
           ops::linear_forward(ctx, readout_mean, params->get(g.readout.weight),
@@ -389,7 +388,7 @@ struct Scheduler::Impl {
       const Connection& c = g.connections[ci];
       if (!c.delivers) return nullptr;
       if (c.source == kExternalInput) return &x_in;
-      if (c.kind == ConnKind::Feedforward) return forwarded(c.source, t, fwd_present);
+      if (c.kind == ConnKind::Feedforward) return forwarded(c.source, fwd_present);
       return rings[size_t(c.source)].at(t - c.delay_steps);
     };
     const bool have_drive = gather_drive(a, read_source);

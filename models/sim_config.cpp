@@ -86,8 +86,15 @@ ConfigSchema make_schema() {
   s.add_double("dynamics.t_recurrence", 6.0, "recurrence delay in ms").at_least(0);
   s.add_double("dynamics.t_skip", 0.0, "skip delay in ms").at_least(0);
   s.add_double("dynamics.t_feedback", 30.0, "feedback delay in ms").at_least(0);
-  s.add_enum("dynamics.solver", {"euler", "rk4", "exp"}, "euler",
-             "euler (DynVision), rk4 (DynVision's frozen-drive RK4), exp (exact for held drive)");
+  s.add_enum("dynamics.solver",
+             {"euler", "rk4", "exp", "heun", "midpoint", "rk4-classic", "euler-staged", "tableau"},
+             "euler",
+             "euler (DynVision), rk4 (DynVision's frozen-drive RK4), exp (exact for a held "
+             "drive); staged Runge-Kutta over the whole network: heun, midpoint, rk4-classic, "
+             "euler-staged, or tableau (dynamics.tableau_*)");
+  s.add_doubles("dynamics.tableau_a", {}, "solver = tableau: the s x s matrix a, row by row");
+  s.add_doubles("dynamics.tableau_b", {}, "solver = tableau: the s weights b");
+  s.add_doubles("dynamics.tableau_c", {}, "solver = tableau: the s nodes c");
   s.add_bool("dynamics.train_tau", false, "tau is a trainable parameter");
   s.add_enum("dynamics.tau_parametrization", {"raw", "softplus"}, "raw",
              "raw tau (DynVision) or tau = softplus(s), positive by construction");
@@ -364,7 +371,32 @@ Graph build_graph(const Config& cfg) {
   return g;
 }
 
-SolverSpec solver_spec(const Config& cfg) { return SolverSpec{cfg.get_string("dynamics.solver")}; }
+SolverSpec solver_spec(const Config& cfg) {
+  SolverSpec s(cfg.get_string("dynamics.solver"));
+  const auto a = cfg.get_doubles("dynamics.tableau_a"), b = cfg.get_doubles("dynamics.tableau_b"),
+             c = cfg.get_doubles("dynamics.tableau_c");
+  if (s.name != "tableau") {
+    if (!a.empty() || !b.empty() || !c.empty())
+      throw ConfigError(concat(cfg.where("dynamics.tableau_b"),
+                               ": dynamics.tableau_* are used only with solver = \"tableau\""));
+    return s;
+  }
+  const size_t n = b.size();
+  if (n == 0 || c.size() != n || a.size() != n * n)
+    throw ConfigError(concat(cfg.where("dynamics.solver"), ": solver = \"tableau\" needs b and c ",
+                             "with s entries and a with s*s entries (row by row); got ", a.size(),
+                             ", ", b.size(), " and ", c.size()));
+  s.tableau.name = "tableau";
+  s.tableau.b = b;
+  s.tableau.c = c;
+  for (size_t i = 0; i < n; ++i) s.tableau.a.emplace_back(a.begin() + long(i * n), a.begin() + long((i + 1) * n));
+  try {
+    s.resolved_tableau();
+  } catch (const ConfigError& e) {
+    throw ConfigError(concat(cfg.where("dynamics.solver"), ": ", e.what()));
+  }
+  return s;
+}
 
 RunOptions run_options(const Config& cfg) {
   RunOptions r;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine/scheduler.h"
+#include "models/sim_config.h"
 #include "kernels/dispatch.h"
 #include "tests/harness.h"
 
@@ -191,4 +192,34 @@ TEST_CASE("custom frozen solvers plug into the scheduler") {
   Recording r = s.run(x, ro);
   CHECK(r.rates[0].item(2) == 0.25);
   CHECK(r.rates[1].item(2) == 0.5);
+}
+
+TEST_CASE("staged: a tableau from the config equals the named method") {
+  const ConfigSchema& schema = models::simulate_schema();
+  Config cfg = Config::parse(
+      "[dynamics]\nsolver = \"tableau\"\ntableau_a = [0, 0, 1, 0]\ntableau_b = [0.5, 0.5]\n"
+      "tableau_c = [0, 1]\n",
+      "tableau.toml", schema);
+  SolverSpec s = models::solver_spec(cfg);
+  CHECK(s.staged());
+  const double u = 0.7;
+  CHECK(run(scalar_graph(0.1, 0.5, true, 1.5, 0, 0), "heun", 10, u) ==
+        [&] {
+          Graph g = scalar_graph(0.1, 0.5, true, 1.5, 0, 0);
+          Context ctx;
+          Scheduler sc(ctx, g, s);
+          Tensor x = Tensor::empty(Shape{1, 10, 1, 1, 1}, DType::F64);
+          x.fill(u);
+          RunOptions ro;
+          ro.record = RecordMode::Full;
+          Recording r = sc.run(x, ro);
+          return std::vector<double>{r.rates[0].item(9), r.rates[1].item(9)};
+        }());
+  CHECK_THROWS_WITH_AS(
+      models::solver_spec(Config::parse("[dynamics]\nsolver = \"tableau\"\ntableau_b = [1]\n",
+                                        "t.toml", schema)),
+      doctest::Contains("needs b and c with s entries"), ConfigError);
+  CHECK_THROWS_WITH_AS(
+      models::solver_spec(Config::parse("[dynamics]\ntableau_b = [1.0]\n", "t.toml", schema)),
+      doctest::Contains("used only with solver = \"tableau\""), ConfigError);
 }

@@ -157,7 +157,7 @@ TEST_CASE("cli: bad inputs give their exit code and message and write nothing") 
        78,
        {"unknown_key.toml:4:1", "model.recurence_type", "did you mean 'model.recurrence_type'"}},
       {corpus("wrong_type.toml"), 78, {"wrong_type.toml:3:9", "simulation.steps", "integer"}},
-      {corpus("bad_enum.toml"), 78, {"bad_enum.toml:3:10", "dynamics.solver", "'heun'"}},
+      {corpus("bad_enum.toml"), 78, {"bad_enum.toml:3:10", "dynamics.solver", "'rk5'"}},
       {corpus("negative_dt.toml"), 78, {"negative_dt.toml:3:6", "dynamics.dt", "> 0"}},
       {corpus("missing_image.toml"), 66, {"no_such_stimulus_image.png", "no such image file"}},
       {corpus("npy_wrong_shape.toml") + " --stimulus-path " + quote(bad_npy),
@@ -169,6 +169,9 @@ TEST_CASE("cli: bad inputs give their exit code and message and write nothing") 
        {"per_sample_lengths.toml:9:13", "stimulus.contrasts", "stimulus.onsets gives 2 samples"}},
       {corpus("bad_area_name.toml"), 78, {"bad_area_name.toml:10:8", "area[0].name", "'A/B'"}},
       {corpus("unfed_area.toml"), 78, {"area B never receives input"}},
+      {corpus("small.toml") + " --set dynamics.solver=tableau --set 'dynamics.tableau_a=[0,0,1,0]'"
+                              " --set 'dynamics.tableau_b=[0.5,0.4]' --set 'dynamics.tableau_c=[0,1]'",
+       78, {"dynamics.solver", "the weights b sum to 0.9"}},
       {corpus("tau_zero.toml"), 78, {"tau_zero.toml:3:7", "dynamics.tau", "> 0"}},
       {corpus("negative_delay.toml"), 78, {"negative_delay.toml:3:16", "dynamics.t_recurrence"}},
       {corpus("small.toml") + " --set dynamics.dt=-1", 78, {"--set dynamics.dt=-1", "dynamics.dt"}},
@@ -272,9 +275,9 @@ TEST_CASE("cli: validate accepts good configs, rejects bad ones, lists keys") {
     CHECK(r.code == 78);
     CHECK(r.err.find(std::string(bad) + ":") != std::string::npos);  // file:line:col
   }
-  r = run_cli(cwd.path(), "validate " + corpus("small.toml") + " --set dynamics.solver=heun");
+  r = run_cli(cwd.path(), "validate " + corpus("small.toml") + " --set dynamics.solver=rk5");
   CHECK(r.code == 78);
-  CHECK(r.err.find("--set dynamics.solver=heun") != std::string::npos);
+  CHECK(r.err.find("--set dynamics.solver=rk5") != std::string::npos);
   r = run_cli(cwd.path(), "validate " + corpus("no_such.toml"));
   CHECK(r.code == 66);
   r = run_cli(cwd.path(), "validate --keys");

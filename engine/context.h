@@ -84,6 +84,9 @@ class Context {
   Tensor zeros(const Shape& s, DType t = DType::F32) const;
   Tensor to_device(const Tensor& t);  // copy of t on this context's device
   Tensor to_host(const Tensor& t);    // copy on the host (waits for the stream)
+  // t itself when it already lives on the host, else a host copy: for reading results without
+  // copying (or allocating) on the CPU backend.
+  Tensor host_view(const Tensor& t) { return t.is_cpu() ? t : to_host(t); }
   void copy(const Tensor& dst, const Tensor& src);  // same shape and dtype, any devices
 
  private:

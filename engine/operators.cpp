@@ -14,7 +14,7 @@ struct OperatorRunner::Impl {
   Tensor input_sum, mid1, mid2, pre_resize, sheet_in, sheet_out;
   Tensor w1, b1, w2, b2;  // parameters (views sharing the store's storage)
   // Backward buffers, allocated on the first backward call.
-  Tensor g_pre, g_mid, g_xe, g_sheet_in, g_sheet_out, g_tmp;
+  Tensor g_pre, g_mid, g_xe, g_sheet_in, g_sheet_out, g_tmp, g_sum;
   DType dtype = DType::F32;
   Conv2dParams p1, p2;
   Shape out;
@@ -151,8 +151,8 @@ void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
       break;
     case OpKind::Self: {
       // DynVision: w * h, plus b only while b is nonzero (so b never trains; spec §3).
-      ops::scale(ctx, m.w1.to_vector()[0], x, dst);
-      const double b = m.b1.defined() ? m.b1.to_vector()[0] : 0.0;
+      ops::scale(ctx, ctx.host_view(m.w1).item(0), x, dst);
+      const double b = m.b1.defined() ? ctx.host_view(m.b1).item(0) : 0.0;
       if (b != 0.0) {
         ops::fill(ctx, b, m.mid2);
         ops::add(ctx, dst, m.mid2, dst);
@@ -260,7 +260,7 @@ void OperatorRunner::backward(Context& ctx, const Tensor& x_in, const Tensor& gr
     }
     case OpKind::Self: {
       // y = w h (+ b while b != 0): dh = w dy, dw = sum(dy h), db = sum(dy) while b != 0.
-      const double w = m.w1.to_vector()[0];
+      const double w = ctx.host_view(m.w1).item(0);
       if (gxe.defined()) {
         if (gxe_mode == GradMode::Accumulate)
           ops::axpy(ctx, w, gout, gxe);
@@ -274,13 +274,13 @@ void OperatorRunner::backward(Context& ctx, const Tensor& x_in, const Tensor& gr
         ctx.copy(g, h);
       };
       if (!m.g_tmp.defined()) m.g_tmp = like(gout);
-      Tensor s = ctx.empty(Shape{1}, m.dtype);
+      if (!m.g_sum.defined()) m.g_sum = ctx.empty(Shape{1}, m.dtype);
       ops::mul(ctx, gout, xe, m.g_tmp);
-      ops::sum_all_forward(ctx, m.g_tmp, s);
-      add_scalar(pg(0), ctx.to_host(s).item(0));
-      const bool b_live = m.b1.defined() && m.b1.to_vector()[0] != 0.0;
-      ops::sum_all_forward(ctx, gout, s);
-      add_scalar(pg(1), b_live ? ctx.to_host(s).item(0) : 0.0);
+      ops::sum_all_forward(ctx, m.g_tmp, m.g_sum);
+      add_scalar(pg(0), ctx.host_view(m.g_sum).item(0));
+      const bool b_live = m.b1.defined() && ctx.host_view(m.b1).item(0) != 0.0;
+      ops::sum_all_forward(ctx, gout, m.g_sum);
+      add_scalar(pg(1), b_live ? ctx.host_view(m.g_sum).item(0) : 0.0);
       break;
     }
     case OpKind::Identity:

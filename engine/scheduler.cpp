@@ -314,7 +314,7 @@ struct Scheduler::Impl {
           ops::mean_hw_forward(ctx, *v, readout_mean);
           ops::linear_forward(ctx, readout_mean, params->get(g.readout.weight),
                               params->get(g.readout.bias), logits_step);
-          Tensor host = ctx.to_host(logits_step);
+          const Tensor host = ctx.host_view(logits_step);
           for (int b = 0; b < B; ++b)
             for (int k = 0; k < K; ++k) rec.logits.set((int64_t(b) * T + tr) * K + k, host.item(b * K + k));
         }
@@ -405,7 +405,7 @@ struct Scheduler::Impl {
         ops::scale(ctx, 1.0, x, memory[size_t(a)]);
         memory_present[size_t(a)] = 1;
       }
-      if (opt.stability_check && !all_finite(ctx.to_host(x)))
+      if (opt.stability_check && !all_finite(ctx.host_view(x)))
         throw Error(concat("stability check: non-finite value in area ", ar.name, " at step ",
                            t, " (tensor x, the state before the nonlinearity; ",
                            t < opt.idle_steps ? "idle phase" : "real phase", ")"));
@@ -521,7 +521,7 @@ struct Scheduler::Impl {
       ops::scale(ctx, 1.0, h ? *h : zeros[a], pre[a]);
       for (int i = 0; i < S; ++i)
         if (tab.b[size_t(i)] != 0) ops::axpy(ctx, dt * tab.b[size_t(i)], K[a][size_t(i)], pre[a]);
-      if (opt.stability_check && !all_finite(ctx.to_host(pre[a])))
+      if (opt.stability_check && !all_finite(ctx.host_view(pre[a])))
         throw Error(concat("stability check: non-finite value in area ", ar.name, " at step ", t,
                            " (tensor x, the state before the nonlinearity; solver ", tab.name,
                            ")"));
@@ -548,7 +548,7 @@ struct Scheduler::Impl {
       if (opt.record == RecordMode::None) continue;
       const Tensor* r = rings[a].at(tr + opt.idle_steps);
       if (opt.record == RecordMode::Layer) {
-        const Tensor hr = r ? ctx.to_host(*r) : Tensor();
+        const Tensor hr = r ? ctx.host_view(*r) : Tensor();
         const int64_t n = r ? hr.numel() / B : 0;
         for (int b = 0; b < B; ++b) {
           double mean = std::numeric_limits<double>::quiet_NaN(), sd = mean;
@@ -575,7 +575,7 @@ struct Scheduler::Impl {
           rec.std_abs[a].set(int64_t(b) * T + tr, sd);
         }
       } else if (r) {
-        const Tensor hr = ctx.to_host(*r);
+        const Tensor hr = ctx.host_view(*r);
         const int64_t per = hr.numel() / B;
         for (int b = 0; b < B; ++b) {
           Tensor dst = rec.rates[a].slice(b, b + 1).view(Shape{T, per}).slice(tr, tr + 1);

@@ -54,6 +54,7 @@ TEST_CASE("context: copies on the host, and CUDA requests fail clearly without a
   Tensor a = Tensor::from({3}, {1, 2, 3});
   Tensor b = c.to_device(a);
   CHECK_FALSE(b.same_storage(a));
+  CHECK(c.host_view(a).same_storage(a));  // host tensors are read in place, never copied
   CHECK(b.to_vector() == a.to_vector());
   CHECK_THROWS_WITH_AS(c.copy(Tensor::zeros({4}), a), doctest::Contains("shapes or dtypes differ"),
                        Error);

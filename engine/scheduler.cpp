@@ -490,6 +490,10 @@ struct Scheduler::Impl {
           nonlinearity(ar, pre[a], stage_r[a]);
         }
         if (ar.has_pool && forward_delay[a] == 0) pool_into(int(a), stage_r[a], stage_pooled[a]);
+      }
+      // Every area's stage value exists before any drive is gathered, so a zero-delay read of a
+      // later area (feedback, t_fb = 0) sees stage i, not the previous stage.
+      for (size_t a = 0; a < A; ++a) {
         auto read = [&](size_t ci) -> const Tensor* {
           const Connection& c = g.connections[ci];
           if (!c.delivers) return nullptr;

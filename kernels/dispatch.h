@@ -267,6 +267,12 @@ inline void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tenso
   if (!on_cuda(c)) return cpu::leak_slope(c, u, r, tau, k);
   no_cuda("leak_slope");
 }
+inline void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, const Tensor& r,
+                                const Tensor& tau, const Tensor& grad_u, const Tensor& grad_r,
+                                const Tensor& grad_tau, GradMode m) {
+  if (!on_cuda(c)) return cpu::leak_slope_backward(c, grad_k, u, r, tau, grad_u, grad_r, grad_tau, m);
+  no_cuda("leak_slope_backward");
+}
 
 // Additive Gaussian noise (kernels/noise.h): reserves numel indices of the context's stream.
 inline void gaussian_noise_forward(Context& c, const NoiseParams& p, const Tensor& x,

@@ -22,5 +22,10 @@ void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x, const 
                    const Tensor& grad_tau, GradMode m);
 // The slope of a staged (Runge-Kutta) solver: k = (u - r) / tau, per sample when tau is [B].
 void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau, const Tensor& k);
+// Gradients of leak_slope: grad_u = grad_k / tau, grad_r = -grad_k / tau, grad_tau = -sum grad_k
+// (u - r) / tau^2 ([1]: over everything; [B]: per sample); any may be undefined.
+void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, const Tensor& r,
+                         const Tensor& tau, const Tensor& grad_u, const Tensor& grad_r,
+                         const Tensor& grad_tau, GradMode m);
 }  // namespace cpu
 }  // namespace dynsim

@@ -89,4 +89,40 @@ void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau,
   });
 }
 
+void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, const Tensor& r,
+                         const Tensor& tau, const Tensor& grad_u, const Tensor& grad_r,
+                         const Tensor& grad_tau, GradMode m) {
+  with_float_type("leak_slope_backward", u, [&](auto t) {
+    using T = decltype(t);
+    check_arg("leak_slope_backward", "grad_k", grad_k, u, u.shape());
+    check_arg("leak_slope_backward", "r", r, u, u.shape());
+    if (grad_u.defined()) check_arg("leak_slope_backward", "grad_u", grad_u, u, u.shape());
+    if (grad_r.defined()) check_arg("leak_slope_backward", "grad_r", grad_r, u, u.shape());
+    const int64_t B = u.dim(0), per = B ? u.numel() / B : 0;
+    if (!tau.defined() || (tau.numel() != 1 && tau.numel() != B))
+      throw DataError(concat("leak_slope_backward: tau must have 1 or ", B, " elements, got ",
+                             tau.str()));
+    if (grad_tau.defined()) check_arg("leak_slope_backward", "grad_tau", grad_tau, u, tau.shape());
+    const T *pg = grad_k.data<T>(), *pu = u.data<T>(), *pr = r.data<T>(), *ptau = tau.data<T>();
+    T* gu = grad_u.defined() ? grad_u.data<T>() : nullptr;
+    T* gr = grad_r.defined() ? grad_r.data<T>() : nullptr;
+    T* gt = grad_tau.defined() ? grad_tau.data<T>() : nullptr;
+    const bool per_sample = tau.numel() == B && B > 1;
+    double total = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const T tb = ptau[per_sample ? b : 0];
+      double acc = 0;  // d k / d tau = -(u - r) / tau^2, summed in double
+      for (int64_t i = b * per; i < (b + 1) * per; ++i) {
+        const T gi = pg[i] / tb;
+        if (gu) write_grad(gu[i], gi, m);
+        if (gr) write_grad(gr[i], T(-gi), m);
+        acc -= double(gi) * double(pu[i] - pr[i]) / double(tb);
+      }
+      if (gt && per_sample) write_grad(gt[b], T(acc), m);
+      total += acc;
+    }
+    if (gt && !per_sample) write_grad(gt[0], T(total), m);
+  });
+}
+
 }  // namespace dynsim::cpu

@@ -99,6 +99,11 @@ class Builder {
       conv_params(op, p + ".pointwise_conv", C, cout, 1, 1, o_.bias, Init::Small);
       conv_params(op, p + ".depthwise_conv", cout, cout, k, cout, o_.bias, Init::Small);
     } else if (type == "local" || type == "localdepthwise") {
+      if (cout != C)
+        throw ConfigError(concat("recurrence_type '", type, "' of area ", area,
+                                 " maps the area's sheet onto itself (", C, " channels) and "
+                                 "cannot feed an input of ", cout, " channels (recurrence_target "
+                                 "'input' needs full, self or a separable type there)"));
       const int f = int(std::ceil(std::sqrt(double(C)) - 1e-9));
       int kp = f / 4;
       if (kp % 2 == 0) kp += 1;
@@ -168,7 +173,19 @@ class Builder {
 }  // namespace
 
 Graph build_dyrcnn(const DyRCNNOptions& o) {
-  const std::vector<AreaDef> defs = area_defs(o.preset);
+  std::vector<AreaDef> defs = area_defs(o.preset);
+  if (!o.channels.empty()) {
+    if (o.channels.size() != defs.size())
+      throw ConfigError(concat(o.preset, " has ", defs.size(), " areas but ", o.channels.size(),
+                               " channel counts were given"));
+    for (size_t i = 0; i < defs.size(); ++i) {
+      if (o.channels[i] < 1)
+        throw ConfigError(concat("channels of area ", defs[i].name, " must be >= 1, got ",
+                                 o.channels[i]));
+      defs[i].out_channels = o.channels[i];
+      if (defs[i].mid_channels) defs[i].mid_channels = o.channels[i];
+    }
+  }
   const bool x8 = o.preset == "DyRCNNx8";
   if (o.recurrence_target != "output" && o.recurrence_target != "input" &&
       o.recurrence_target != "middle")

@@ -6,6 +6,7 @@
 #pragma once
 #include <map>
 #include <string>
+#include <vector>
 
 #include "engine/graph.h"
 
@@ -31,6 +32,9 @@ struct DyRCNNOptions {
   std::map<std::string, double> tau_per_area;  // overrides by area name
   bool train_tau = false;
   bool tau_softplus = false;  // positive parametrisation tau = softplus(s) (opt-in)
+  // Channels per area instead of DynVision's (e.g. {4, 6, 8, 10} for a small DyRCNNx4-shaped
+  // graph in gradient checks); a two-stage area's middle width follows its output width.
+  std::vector<int> channels;
 };
 
 // Builds, initialises and resolves the delays (warnings in graph.warnings).

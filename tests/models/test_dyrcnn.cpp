@@ -254,6 +254,14 @@ TEST_CASE("scheduler T4: the opt-in stability check names the area and the step"
   CHECK_NOTHROW(s.run(x, ro));
 }
 
+TEST_CASE("local recurrence types cannot target a feedforward input of another width") {
+  DyRCNNOptions o = opts("DyRCNNx4", 16, 4);
+  o.recurrence_type = "localdepthwise";
+  o.recurrence_target = "input";
+  CHECK_THROWS_WITH_AS(models::build_dyrcnn(o),
+                       doctest::Contains("cannot feed an input of 3 channels"), ConfigError);
+}
+
 TEST_CASE("scheduler: every preset and recurrence type runs; reruns are identical") {
   struct Combo {
     std::string preset, type, feedback, target;

@@ -38,32 +38,26 @@ CaseBuilder leak_case(LeakRule rule, bool with_h, bool per_sample) {
   };
 }
 
-OpCase slope_case(DType t) {
-  OpCase c;
-  c.name = "leak_slope";
-  c.input_names = {"u", "r"};
-  c.inputs = {random_uniform(kShape, -2, 2, 3, t), random_uniform(kShape, 0, 1, 4, t)};
-  c.differentiable = {true, true};
-  auto tau = [t] { return Tensor::from(Shape{3}, {2.0, 4.0, 8.0}, t); };
-  c.forward = [=](Context& ctx, const std::vector<Tensor>& in) {
-    Tensor k = ctx.empty(in[0].shape(), in[0].dtype());
-    ops::leak_slope(ctx, in[0], in[1], ctx.to_device(tau()), k);
-    return std::vector<Tensor>{k};
+CaseBuilder slope_case(bool per_sample) {
+  return [=](DType t) {
+    OpCase c;
+    c.name = concat("leak_slope", per_sample ? ", tau per sample" : "");
+    c.input_names = {"u", "r", "tau"};
+    c.inputs = {random_uniform(kShape, -2, 2, 3, t), random_uniform(kShape, 0, 1, 4, t),
+                per_sample ? Tensor::from(Shape{3}, {2.0, 4.0, 8.0}, t)
+                           : Tensor::from(Shape{1}, {3.0}, t)};
+    c.differentiable = {true, true, true};
+    c.forward = [](Context& ctx, const std::vector<Tensor>& in) {
+      Tensor k = ctx.empty(in[0].shape(), in[0].dtype());
+      ops::leak_slope(ctx, in[0], in[1], in[2], k);
+      return std::vector<Tensor>{k};
+    };
+    c.backward = [](Context& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& gout,
+                    const std::vector<Tensor>& g, GradMode m) {
+      ops::leak_slope_backward(ctx, gout[0], in[0], in[1], in[2], g[0], g[1], g[2], m);
+    };
+    return c;
   };
-  c.backward = [=](Context& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& gout,
-                   const std::vector<Tensor>& g, GradMode m) {
-    // k = (u - r) / tau: d/du = 1/tau, d/dr = -1/tau, per sample.
-    Tensor inv = ctx.empty(in[0].shape(), in[0].dtype()), zero = ctx.zeros(in[0].shape(), in[0].dtype());
-    ops::leak_slope(ctx, gout[0], zero, ctx.to_device(tau()), inv);
-    if (m == GradMode::Accumulate) {
-      ops::axpy(ctx, 1.0, inv, g[0]);
-      ops::axpy(ctx, -1.0, inv, g[1]);
-    } else {
-      ops::scale(ctx, 1.0, inv, g[0]);
-      ops::scale(ctx, -1.0, inv, g[1]);
-    }
-  };
-  return c;
 }
 
 OpCase gate_case(DType t) {
@@ -93,7 +87,8 @@ TEST_CASE("leak: f64 gradient checks of u, h and tau for every rule") {
 }
 
 TEST_CASE("leak: the RK-stage slope and the multiplicative gate") {
-  check_gradients(slope_case);
+  check_gradients(slope_case(false));
+  check_gradients(slope_case(true));
   check_gradients(gate_case);
   // Forward values against the formulas on small integers.
   Context ctx;
@@ -116,6 +111,6 @@ TEST_CASE("leak: bad arguments name the op and the tensor") {
 
 TEST_CASE("leak: CPU vs CUDA" * doctest::test_suite("gpu")) {
   check_cpu_vs_cuda(leak_case(LeakRule::Euler, true, true));
-  check_cpu_vs_cuda(slope_case);
+  check_cpu_vs_cuda(slope_case(true));
   check_cpu_vs_cuda(gate_case);
 }

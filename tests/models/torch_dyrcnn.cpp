@@ -19,23 +19,15 @@
 using namespace dynsim;
 using namespace dynsim::test;
 
-namespace {
+namespace dynsim::test {
 
-const char* const kAreas[] = {"V1", "V2", "V4", "IT"};
-
-struct RefCase {
-  models::DyRCNNOptions opt;
-  bool exact = false;
-  std::string label;
-};
-
-// options = [t_ff, t_rec, t_skip, t_fb, skip, feedback (0 none, 1 add, 2 mul), tau, dt,
-//            recurrence (0 full, 1 self, 2 depthpointwise), K, exact]
-RefCase read_case(const std::string& name) {
-  const Tensor v = torch_ref(name, "options");
-  REQUIRE(v.numel() == 11);
-  RefCase c;
-  models::DyRCNNOptions& o = c.opt;
+// Shared with torch_bptt.cpp (declared there): the DyRCNNx4 options of a reference case from
+// its first 11 option values [t_ff, t_rec, t_skip, t_fb, skip, feedback (0 none, 1 add, 2 mul),
+// tau, dt, recurrence (0 full, 1 self, 2 depthpointwise), K, exact], with a label naming them.
+models::DyRCNNOptions dyrcnn_ref_options(const std::string& name, const Tensor& v, bool* exact,
+                                         std::string* label) {
+  REQUIRE(v.numel() >= 11);
+  models::DyRCNNOptions o;
   o.preset = "DyRCNNx4";
   o.height = o.width = 16;
   o.delays.t_feedforward = v.item(0);
@@ -48,21 +40,41 @@ RefCase read_case(const std::string& name) {
   o.delays.dt = v.item(7);
   o.recurrence_type = v.item(8) == 0 ? "full" : v.item(8) == 1 ? "self" : "depthpointwise";
   o.n_classes = int(v.item(9));
-  c.exact = v.item(10) != 0;
-  c.label =
-      concat(name, " (", c.exact ? "exact" : "dense", ": t_ff ", o.delays.t_feedforward, " t_rec ",
+  *exact = v.item(10) != 0;
+  *label =
+      concat(name, " (", *exact ? "exact" : "dense", ": t_ff ", o.delays.t_feedforward, " t_rec ",
              o.delays.t_recurrence, " t_skip ", o.delays.t_skip, " fb ", o.feedback, " t_fb ",
              o.delays.t_feedback, " tau ", o.tau, " dt ", o.delays.dt, " ", o.recurrence_type, ")");
-  return c;
+  return o;
 }
 
 // Loads every parameter of g from <case>/weights.safetensors through the weight importer, which
 // fails on any missing, unknown or misshapen key (the two name sets must be equal).
-void load_params(Graph& g, const std::string& name) {
+void load_ref_weights(Graph& g, const std::string& name) {
   const std::string path = torch_refs_dir() + "/" + name + "/weights.safetensors";
   const TensorFile f = load_safetensors(path);
   REQUIRE(f.tensors.size() == g.params.entries().size());
   REQUIRE_NOTHROW(models::import_weights(g, f, path));
+}
+
+}  // namespace dynsim::test
+
+namespace {
+
+const char* const kAreas[] = {"V1", "V2", "V4", "IT"};
+
+struct RefCase {
+  models::DyRCNNOptions opt;
+  bool exact = false;
+  std::string label;
+};
+
+RefCase read_case(const std::string& name) {
+  const Tensor v = torch_ref(name, "options");
+  REQUIRE(v.numel() == 11);
+  RefCase c;
+  c.opt = dyrcnn_ref_options(name, v, &c.exact, &c.label);
+  return c;
 }
 
 // rates [B, T, C, H, W] at step t as [B, C, H, W].
@@ -110,7 +122,7 @@ TEST_CASE("DyRCNNx4 agrees with a PyTorch re-implementation of DynVision" *
       CHECK(cap == 1);
       CHECK(g.warnings.size() == 5);
     }
-    load_params(g, name);
+    load_ref_weights(g, name);
     Context ctx;
     Scheduler s(ctx, g);
     RunOptions ro;

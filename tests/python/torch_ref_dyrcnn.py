@@ -1,5 +1,6 @@
 """An independent PyTorch re-implementation of DynVision's DyRCNNx4 forward dynamics (spec §1-§5),
-float32 on the CPU, as the reference for tests/models/test_dyrcnn_torch.cpp (torch suite).
+float32 on the CPU, as the reference for tests/models/torch_dyrcnn.cpp (torch suite);
+run_model (with idle steps, TBPTT cuts and an activity hook) also serves torch_ref_bptt.py.
 
 Per step t and area A (V1, V2, V4, IT in order): drive u = conv(in) [+ R(r_A(t-d))]
 [+ Tskip(r_src(t-s))] [+ Tfb(r_src(t-f))], absent terms left out; Euler x = h + (dt/tau)(u - h)
@@ -9,7 +10,7 @@ forwarded output pool(r(t-k)); logits = Linear(mean_HW(r_IT(t-k))), exactly 0 wh
 Case dyrcnn_<i>/: input [2, 10, 3, 16, 16]; options = [t_ff, t_rec, t_skip, t_fb, skip,
 feedback (0 none, 1 add, 2 mul), tau, dt, recurrence (0 full, 1 self, 2 depthpointwise), K,
 exact]; logits [B, T, K]; rates_<area> [B, T, C, H, W] (0 while absent); present_<area> [T];
-case dyrcnn_<i>/params/: every parameter as <DynVision state_dict name>.npy.
+case dyrcnn_<i>/weights.safetensors: every parameter under its DynVision state_dict name.
 exact = 1: "sparse" weights (one nonzero power of two per output of every conv), so each conv
 output is w*x + b with w*x exact and the result does not depend on the summation order.
 """
@@ -146,6 +147,12 @@ class History:
         lag = max(1, lag)
         return self.q[-lag] if lag <= len(self.q) else None
 
+    def detach(self):
+        """Cuts BPTT at the stored values (DynVision detaches its buffers in place)."""
+        for i, x in enumerate(self.q):
+            if x is not None:
+                self.q[i] = x.detach()
+
 
 class Euler:
     """DynVision's EulerStep: y = h + dt / tau * (u - h); without h, the private memory of the
@@ -166,7 +173,11 @@ class Euler:
         return y
 
 
-def run_model(c, p, frames):
+def run_model(c, p, frames, idle=0, tbptt=0, hook=None):
+    """Runs the model on frames [B, T, C, H, W]; returns logits [B, T, K], rates and presence.
+    idle: steps on a zero frame first; tbptt: detach the rings after every n-th real step;
+    hook(module, output): called on real steps for every Conv2d/Linear output (activity loss)."""
+    hook = hook or (lambda name, y: None)
     dt = c["dt"]
     skip, fb = c["skip"], c["feedback"]
     H = max(c["t_ff"], c["t_rec"], c["t_fb"] if fb != "none" else 0,
@@ -207,30 +218,43 @@ def run_model(c, p, frames):
         b = p[f"{name}.recurrence.bias"]
         return out + b if bool(b) else out
 
-    logits = torch.zeros(B, T, c["K"])
-    rates = {name: torch.zeros(B, T, ch, sz, sz) for name, (ch, sz) in sizes.items()}
-    present = {name: np.zeros(T, dtype=np.int32) for name in sizes}
-    for t in range(T):
-        x = frames[:, t]
+    B_, T_ = frames.shape[0], frames.shape[1]
+    logits = torch.zeros(B_, T_, c["K"])
+    rates = {name: torch.zeros(B_, T_, ch, sz, sz) for name, (ch, sz) in sizes.items()}
+    present = {name: np.zeros(T_, dtype=np.int32) for name in sizes}
+
+    def detach_rings():
+        for q in hist.values():
+            q.detach()
+
+    def step(x, t, hook):
+        """One step on frame x; t is the real step (None while idle, when nothing is recorded
+        and hook, called as hook(module, output) for every Conv2d/Linear output, is not)."""
+        seen = hook if t is not None else (lambda name, y: None)
         for name, ch, stride, pool in AREAS:
             # layer: feedforward conv, then the recurrent term
             u = None if x is None else F.conv2d(x, p[f"{name}.conv.weight"],
                                                 p[f"{name}.conv.bias"], stride=stride, padding=1)
+            if u is not None:
+                seen(f"{name}.conv", u)
             h = hist[name].get(d)
             if h is not None:
                 g = recurrence(name, h)
+                seen(f"{name}.recurrence", g)
                 u = g if u is None else u + g
             # addskip
             if skip and name in SKIPS:
                 hs = hist[SKIPS[name]].get(s + 1)
                 if hs is not None:
                     g = transform(f"addskip_{name}", hs, name)
+                    seen(f"addskip_{name}", g)
                     u = g if u is None else u + g
             # addfeedback
             if fb != "none" and name in FEEDBACKS:
                 hf = hist[FEEDBACKS[name]].get(f)
                 if hf is not None:
                     g = transform(f"addfeedback_{name}", hf, name)
+                    seen(f"addfeedback_{name}", g)
                     if u is None:
                         u = g
                     elif fb == "add":
@@ -240,7 +264,7 @@ def run_model(c, p, frames):
             # tstep, nonlin, record
             y = solver[name](u, hist[name].get(1))
             r = None if y is None else F.relu(y)
-            if r is not None:
+            if r is not None and t is not None:
                 rates[name][:, t] = r
                 present[name][t] = 1
             # delay: read r(t - k) (k = 0: r itself), then push r
@@ -250,9 +274,22 @@ def run_model(c, p, frames):
             if out is not None and pool:
                 out = F.max_pool2d(out, 3, 2, 1)
             x = out
-        if x is not None:
+        if x is not None and t is not None:
             feat = F.adaptive_avg_pool2d(x, 1).flatten(1)
-            logits[:, t] = F.linear(feat, p["classifier.2.weight"], p["classifier.2.bias"])
+            z = F.linear(feat, p["classifier.2.weight"], p["classifier.2.bias"])
+            logits[:, t] = z
+            seen("classifier", z)  # z, not the view of logits (written in place later)
+
+    # Idle phase (spec §5): steps on a frame of non_input_value (0), then the rings are
+    # detached (the solvers' private memories are not).
+    if idle > 0:
+        for _ in range(idle):
+            step(torch.zeros_like(frames[:, 0]), None, hook)
+        detach_rings()
+    for t in range(T_):
+        step(frames[:, t], t, hook)
+        if tbptt > 0 and (t + 1) % tbptt == 0:  # TBPTT: after every n-th real step
+            detach_rings()
     return logits, rates, present
 
 

@@ -837,7 +837,9 @@ struct Bptt::Impl {
     }
     s.memory_present = memory_present;
     s.initial_slope_set = initial_slope_set;
-    if (!s.adapted.defined()) s.adapted = ctx.empty(adapted.shape(), adapted.dtype());
+    if (!s.adapted.defined() || s.adapted.shape() != adapted.shape() ||
+        s.adapted.dtype() != adapted.dtype())
+      s.adapted = ctx.empty(adapted.shape(), adapted.dtype());
     ctx.copy(s.adapted, adapted);
     s.adaption_started = adaption_started;
   }
@@ -940,17 +942,27 @@ struct Bptt::Impl {
     }
   }
 
+  Tensor seed_host, seed_dev;  // one step's logit gradients (reused)
   // Seeds the loss gradients of the current segment's logits and monitored values.
   void seed_segment(const Tensor& grad_logits, double activity_coef) {
     const int K = g.readout.n_classes;
     for (int tr = 0; tr < T; ++tr) {
       const Var y = logit_var[size_t(tr)];
       if (y == kNone) continue;
-      Tensor seed = Tensor::empty(Shape{batch, K}, dtype);
+      if (!seed_host.defined() || seed_host.shape() != Shape{batch, K} || seed_host.dtype() != dtype)
+        seed_host = Tensor::empty(Shape{batch, K}, dtype);
       for (int b = 0; b < batch; ++b)
         for (int k = 0; k < K; ++k)
-          seed.set(int64_t(b) * K + k, grad_logits.item((int64_t(b) * T + tr) * K + k));
-      ops::axpy(ctx, 1.0, ctx.to_device(seed), tp.g(y));
+          seed_host.set(int64_t(b) * K + k, grad_logits.item((int64_t(b) * T + tr) * K + k));
+      const Tensor& gy = tp.g(y);
+      if (gy.is_cpu()) {
+        ops::axpy(ctx, 1.0, seed_host, gy);
+      } else {
+        if (!seed_dev.defined() || seed_dev.shape() != seed_host.shape() || seed_dev.dtype() != dtype)
+          seed_dev = ctx.empty(seed_host.shape(), dtype);
+        ctx.copy(seed_dev, seed_host);
+        ops::axpy(ctx, 1.0, seed_dev, gy);
+      }
     }
     monitor_count.assign(tp.val.size(), 0);
     if (activity_coef != 0.0)

@@ -646,7 +646,7 @@ Batcher::Batch Batcher::make(int64_t b) const {
 }
 
 void Batcher::work() {
-  for (int64_t b = 0; b < n_batches_; ++b) {
+  for (int64_t b = std::max<int64_t>(o_.first_batch, 0); b < n_batches_; ++b) {
     {
       std::lock_guard<std::mutex> l(m_);
       if (stop_) return;

@@ -97,6 +97,7 @@ class Batcher {
     bool drop_last = false;  // skip a final partial batch
     uint64_t seed = 0;
     int64_t epoch = 0;
+    int64_t first_batch = 0;  // start the epoch here (resuming mid-epoch)
   };
   struct Batch {
     Tensor x;           // f32 [B, C, H, W]

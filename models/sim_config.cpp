@@ -47,8 +47,9 @@ ConfigSchema make_connection_schema() {
   return c;
 }
 
-ConfigSchema make_schema() {
-  ConfigSchema s;
+}  // namespace
+
+void add_model_keys(ConfigSchema& s) {
   s.add_enum("model.preset", {"DyRCNNx2", "DyRCNNx4", "DyRCNNx8", "custom"}, "DyRCNNx4",
              "model family member, or 'custom' for the [[area]] / [[connection]] tables");
   s.add_int("model.n_classes", 10, "classifier outputs (0: no classifier)").at_least(0);
@@ -100,7 +101,13 @@ ConfigSchema make_schema() {
              "raw tau (DynVision) or tau = softplus(s), positive by construction");
   s.add_bool("dynamics.strict", false, "a connection that can never deliver is an error");
   s.add_bool("dynamics.stability_check", false, "stop at the first non-finite state");
+}
 
+namespace {
+
+ConfigSchema make_schema() {
+  ConfigSchema s;
+  add_model_keys(s);
   s.add_int("simulation.steps", 30, "recorded time steps").at_least(1);
   s.add_int("simulation.idle_steps", 0, "unrecorded steps on a blank frame first").at_least(0);
   s.add_int("simulation.batch", 1, "samples (per-sample lists override it)").at_least(1);

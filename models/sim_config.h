@@ -9,6 +9,9 @@
 namespace dynsim::models {
 
 const ConfigSchema& simulate_schema();
+// The model.*, [[area]], [[connection]] and dynamics.* keys (shared by every command that
+// builds a model: simulate, train, eval).
+void add_model_keys(ConfigSchema& s);
 
 // The model: a preset or the custom graph; weights from model.weights when given.
 Graph build_graph(const Config& cfg);

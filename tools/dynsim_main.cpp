@@ -7,6 +7,7 @@
 #include "engine/errors.h"
 #include "tools/cli_info.h"
 #include "tools/cli_simulate.h"
+#include "tools/cli_train.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dynsim: continuous-time recurrent convolutional models of the visual system"};
@@ -53,6 +54,39 @@ int main(int argc, char** argv) {
   validate->add_option("--set", val.overrides, "override a config key: key=value (repeatable)");
   validate->add_flag("--keys", val.keys, "list every config key with its type and default");
 
+  dynsim::cli::TrainArgs tr;
+  auto* train = app.add_subcommand(
+      "train", "train a model with reverse mode through time (defaults: DyRCNNx4 on "
+               "Fashion-MNIST); SIGTERM/SIGUSR1 checkpoint and exit 75");
+  train->add_option("config", tr.config, "TOML config file (optional)")->check(CLI::ExistingFile);
+  train->add_option("--set", tr.overrides, "override a config key: key=value (repeatable)");
+  train->add_flag("--resume", tr.resume, "continue from the newest valid checkpoint");
+  train->add_option("--resume-from", tr.resume_from, "continue from this checkpoint directory");
+  train->add_flag("--overwrite", tr.overwrite, "replace an earlier training output");
+  train->add_flag("--quiet,-q", tr.quiet, "no progress output");
+  auto train_shortcut = [&](const char* flag, const char* key, const char* help) {
+    train->add_option_function<std::string>(
+        flag, [&tr, key](const std::string& v) { tr.overrides.push_back(std::string(key) + "=" + v); },
+        help);
+  };
+  train_shortcut("--preset", "model.preset", "DyRCNNx2 | DyRCNNx4 | DyRCNNx8 | custom");
+  train_shortcut("--epochs", "train.epochs", "epochs");
+  train_shortcut("--batch", "train.batch", "samples per micro-batch");
+  train_shortcut("--steps", "train.steps", "time steps per sample");
+  train_shortcut("--lr", "optimizer.lr", "base learning rate");
+  train_shortcut("--output,-o", "train.output", "output folder");
+
+  dynsim::cli::EvalArgs ev;
+  auto* eval = app.add_subcommand("eval", "accuracy per time step on a split, as CSV");
+  eval->add_option("config", ev.config, "TOML config file (the training's config.toml)")
+      ->check(CLI::ExistingFile);
+  eval->add_option("--set", ev.overrides, "override a config key: key=value (repeatable)");
+  eval->add_option("--checkpoint", ev.checkpoint, "a checkpoint directory");
+  eval->add_option("--weights", ev.weights, "a safetensors file (DynVision names)");
+  eval->add_option("--output,-o", ev.output, "CSV file (default <train.output>/eval_<split>.csv)");
+  eval->add_option("--split", ev.split, "test | train");
+  eval->add_flag("--quiet,-q", ev.quiet, "no summary");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -68,6 +102,8 @@ int main(int argc, char** argv) {
     if (info->parsed()) return dynsim::cli::run_info(std::cout, json);
     if (simulate->parsed()) return dynsim::cli::run_simulate(sim);
     if (validate->parsed()) return dynsim::cli::run_validate(val);
+    if (train->parsed()) return dynsim::cli::run_train(tr);
+    if (eval->parsed()) return dynsim::cli::run_eval(ev);
   } catch (const dynsim::Error& e) {
     std::cerr << "dynsim: error: " << e.what() << "\n";
     return int(e.code());

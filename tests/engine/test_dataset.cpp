@@ -608,6 +608,18 @@ TEST_CASE("dataset: Batcher matches direct calls, in order, and propagates error
     }
     CHECK(b == bt.batches());
     CHECK_FALSE(bt.next().has_value());
+    // Resuming mid-epoch: first_batch = 2 gives batches 2.. with the same content.
+    o.first_batch = 2;
+    Batcher late(ds, t, o);
+    for (int64_t k = 2; k < late.batches(); ++k) {
+      auto got = late.next();
+      REQUIRE(got.has_value());
+      REQUIRE(got->index == k);
+      const Batcher::Batch want = late.make(k);
+      for (int64_t i = 0; i < want.x.numel(); ++i)
+        REQUIRE(got->x.data<float>()[i] == want.x.data<float>()[i]);
+    }
+    CHECK_FALSE(late.next().has_value());
   }
   {
     Batcher::Options o;

@@ -226,39 +226,9 @@ struct Bptt::Impl {
     } else if (!leak_rule_of(s.name, &rule)) {
       builtin_frozen_solver(s.name);  // throws the ConfigError naming the choices
     }
-    plan_rings();
-  }
-
-  // The scheduler's ring plan (engine/scheduler.cpp plan_rings).
-  void plan_rings() {
-    const size_t A = g.areas.size();
-    ring_size.assign(A, 0);
-    forward_delay.assign(A, -1);
-    auto need = [&](int a, int n) { ring_size[size_t(a)] = std::max(ring_size[size_t(a)], n); };
-    for (size_t a = 0; a < A; ++a)
-      if (g.ring_capacity >= 1 || staged) need(int(a), staged ? 2 : 1);
-    for (const Connection& c : g.connections) {
-      if (c.source == kExternalInput || !c.delivers) continue;
-      if (c.kind == ConnKind::Feedforward) {
-        int& k = forward_delay[size_t(c.source)];
-        if (k >= 0 && k != c.delay_steps)
-          throw ConfigError(concat("area ", g.areas[size_t(c.source)].name,
-                                   ": its feedforward outputs need one common delay"));
-        k = c.delay_steps;
-        need(c.source, k + 1);
-      } else {
-        const bool after_push = staged || c.source < c.target;
-        need(c.source, c.delay_steps + (after_push ? 1 : 0));
-      }
-    }
-    if (g.readout.source >= 0 && g.readout.delivers) {
-      int& k = forward_delay[size_t(g.readout.source)];
-      if (k >= 0 && k != g.readout.delay_steps)
-        throw ConfigError("the classifier and the feedforward outputs need one common delay");
-      k = g.readout.delay_steps;
-      need(g.readout.source, k + 1);
-    }
-    for (int& n : ring_size) n = std::max(n, 1);
+    const RingPlan plan = plan_rings(g, staged);
+    ring_size = plan.size;
+    forward_delay = plan.forward_delay;
   }
 
   void allocate(int B, DType t) {

@@ -54,6 +54,39 @@ bool all_finite(const Tensor& host) {  // host tensors only (callers copy to the
 
 }  // namespace
 
+RingPlan plan_rings(const Graph& g, bool staged) {
+  const size_t A = g.areas.size();
+  RingPlan p;
+  p.size.assign(A, 1);
+  p.forward_delay.assign(A, -1);
+  auto need = [&](int a, int n) { p.size[size_t(a)] = std::max(p.size[size_t(a)], n); };
+  for (size_t a = 0; a < A; ++a)
+    if (g.ring_capacity >= 1 || staged) need(int(a), staged ? 2 : 1);  // r(t - 1)
+  for (const Connection& c : g.connections) {
+    if (c.source == kExternalInput || !c.delivers) continue;
+    if (c.kind == ConnKind::Feedforward) {
+      int& k = p.forward_delay[size_t(c.source)];
+      if (k >= 0 && k != c.delay_steps)
+        throw ConfigError(concat("area ", g.areas[size_t(c.source)].name,
+                                 ": its feedforward outputs need one common delay"));
+      k = c.delay_steps;
+      need(c.source, k + 1);  // read after the push
+    } else {
+      // Staged: every read happens before the step's push and may interpolate up to age d+1.
+      const bool after_push = staged || c.source < c.target;
+      need(c.source, c.delay_steps + (after_push ? 1 : 0));
+    }
+  }
+  if (g.readout.source >= 0 && g.readout.delivers) {
+    int& k = p.forward_delay[size_t(g.readout.source)];
+    if (k >= 0 && k != g.readout.delay_steps)
+      throw ConfigError("the classifier and the feedforward outputs need one common delay");
+    k = g.readout.delay_steps;
+    need(g.readout.source, k + 1);
+  }
+  return p;
+}
+
 struct Scheduler::Impl {
   Context& ctx;
   Graph& g;
@@ -93,38 +126,9 @@ struct Scheduler::Impl {
       tab = s.resolved_tableau();
     else
       frozen = s.custom ? s.custom : builtin_frozen_solver(s.name);
-    plan_rings();
-  }
-
-  void plan_rings() {
-    const size_t A = g.areas.size();
-    ring_size.assign(A, 0);
-    forward_delay.assign(A, -1);
-    auto need = [&](int a, int n) { ring_size[size_t(a)] = std::max(ring_size[size_t(a)], n); };
-    for (size_t a = 0; a < A; ++a)
-      if (g.ring_capacity >= 1 || staged) need(int(a), staged ? 2 : 1);  // r(t - 1)
-    for (const Connection& c : g.connections) {
-      if (c.source == kExternalInput || !c.delivers) continue;
-      if (c.kind == ConnKind::Feedforward) {
-        int& k = forward_delay[size_t(c.source)];
-        if (k >= 0 && k != c.delay_steps)
-          throw ConfigError(concat("area ", g.areas[size_t(c.source)].name,
-                                   ": its feedforward outputs need one common delay"));
-        k = c.delay_steps;
-        need(c.source, k + 1);  // read after the push
-      } else {
-        // Staged: every read happens before the step's push and may interpolate up to age d+1.
-        const bool after_push = staged || c.source < c.target;
-        need(c.source, c.delay_steps + (after_push ? 1 : 0));
-      }
-    }
-    if (g.readout.source >= 0 && g.readout.delivers) {
-      int& k = forward_delay[size_t(g.readout.source)];
-      if (k >= 0 && k != g.readout.delay_steps)
-        throw ConfigError("the classifier and the feedforward outputs need one common delay");
-      k = g.readout.delay_steps;
-      need(g.readout.source, k + 1);
-    }
+    const RingPlan plan = dynsim::plan_rings(g, staged);
+    ring_size = plan.size;
+    forward_delay = plan.forward_delay;
   }
 
   void allocate(int B, DType t) {
@@ -151,7 +155,7 @@ struct Scheduler::Impl {
       const Shape s{B, ar.channels, ar.height, ar.width};
       Ring& r = rings[a];
       r.slot.clear();
-      for (int i = 0; i < std::max(ring_size[a], 1); ++i) r.slot.push_back(ctx.empty(s, t));
+      for (int i = 0; i < ring_size[a]; ++i) r.slot.push_back(ctx.empty(s, t));
       r.step.assign(r.slot.size(), -1);
       r.present.assign(r.slot.size(), 0);
       drive[a] = ctx.empty(s, t);

@@ -37,6 +37,16 @@ struct Recording {
   Tensor logits;                 // [B, T, K] (0 while the classifier's input is absent)
 };
 
+// The history each area keeps: ring slots (>= 1) sized from the largest delay that reads it, and
+// the delay k of its forwarded output pool(r(t - k)) (-1: nobody reads it forward). Staged runs
+// read before the step's push and interpolate up to one step further back. Shared by the
+// Scheduler and the reverse mode (engine/bptt.h). ConfigError when an area's feedforward
+// outputs (or the classifier) ask for different delays.
+struct RingPlan {
+  std::vector<int> size, forward_delay;
+};
+RingPlan plan_rings(const Graph& g, bool staged);
+
 class Scheduler {
  public:
   Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver = {});

@@ -463,6 +463,22 @@ TEST_CASE("bptt: T9 idle steps (DyRCNNx2, 32x32, tau 10, full recurrence)") {
     for (int64_t i = 0; i < e.value.numel(); ++i)
       diff = std::max(diff, std::abs(e.value.item(i) - cut.get(e.name).item(i)));
   CHECK(diff > 0);
+  // Memory during a long idle phase stays bounded (spec: < 2 GB extra at B = 16): the planned
+  // buffers of a whole training step, store-all and checkpointed.
+  const Tensor x16 = random_uniform(Shape{16, T, 3, 32, 32}, 0, 1, 4, DType::F32);
+  Tensor y16 = Tensor::zeros(Shape{16, T}, DType::I32);
+  ParamStore g16 = Bptt::zero_grads(ctx, g.params);
+  opt.run.idle_steps = 10;
+  Bptt all(ctx, g);
+  all.run(x16, y16, {}, LossSpec{}, opt, &g16);
+  opt.memory = MemoryPolicy::Checkpoint;
+  opt.checkpoint_every = 3;
+  Bptt seg(ctx, g);
+  seg.run(x16, y16, {}, LossSpec{}, opt, &g16);
+  MESSAGE("T9 memory, B = 16, idle 10 + 5 steps: store-all ", all.pool_bytes() / 1048576.0,
+          " MiB, checkpoint every 3 steps ", seg.pool_bytes() / 1048576.0, " MiB");
+  CHECK(all.pool_bytes() < int64_t(2) << 30);
+  CHECK(seg.pool_bytes() < all.pool_bytes() / 2);
 }
 
 TEST_CASE("bptt: bad input is refused with a clear message") {

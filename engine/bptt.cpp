@@ -196,7 +196,7 @@ struct Bptt::Impl {
   bool adaption_started = false;
   // Per step.
   std::vector<Var> fwd, zero_var;
-  Tensor frame_scratch;
+  Shape frame_shape;  // [B, C, H, W] of one input frame
 
   // Per run.
   const Tensor* input = nullptr;
@@ -254,8 +254,8 @@ struct Bptt::Impl {
       const Area& ar = g.areas[a];
       zero_t[a] = ctx.zeros(Shape{B, ar.channels, ar.height, ar.width}, t);
     }
-    frame_scratch = ctx.empty(Shape{B, g.input_channels, g.input_height, g.input_width}, t);
-    adapted = ctx.empty(frame_scratch.shape(), t);
+    frame_shape = Shape{B, g.input_channels, g.input_height, g.input_width};
+    adapted = ctx.empty(frame_shape, t);
     // Activity-loss modules (legacy): every operator with parameters, the front-end, the
     // classifier (DynVision hooked every Conv2d and Linear).
     n_modules = 0;
@@ -624,7 +624,7 @@ struct Bptt::Impl {
     const int B = batch;
     const bool idle = t < ropt->idle_steps;
     const int64_t tr = t - ropt->idle_steps;
-    const Var frame = tp.fresh(frame_scratch.shape(), dtype);
+    const Var frame = tp.fresh(frame_shape, dtype);
     tp.req[size_t(frame)] = 0;
     const Tensor& fv = tp.v(frame);
     if (idle) {

@@ -357,12 +357,32 @@ StepAccuracy run_eval(Context& ctx, Setup& s, const data::Dataset& ds, int64_t b
   return acc;
 }
 
+// Accuracy at the last step that has labels (what a sequence ends with); NaN when none has.
+double last_step_accuracy(const StepAccuracy& a) {
+  for (size_t t = a.valid.size(); t-- > 0;)
+    if (a.valid[t]) return double(a.correct[t]) / double(a.valid[t]);
+  return std::nan("");
+}
+
 // Keys that may change between a run and its resumption without breaking exactness.
 bool resumable_key(const std::string& k) {  // k: a JSON pointer such as "/train/epochs"
   for (const char* p : {"/train/epochs", "/train/max_steps", "/train/log_every", "/train/output",
                         "/train/eval_every", "/train/eval_batch", "/train/device", "/checkpoint/"})
     if (k.rfind(p, 0) == 0) return true;
   return false;
+}
+
+// A flattened JSON pointer as the config spells the key: "/area/0/name" -> "area[0].name".
+std::string key_name(const std::string& pointer) {
+  std::string out;
+  std::stringstream ss(pointer.substr(1));
+  for (std::string seg; std::getline(ss, seg, '/');) {
+    if (!seg.empty() && seg.find_first_not_of("0123456789") == std::string::npos)
+      out += "[" + seg + "]";
+    else
+      out += (out.empty() ? "" : ".") + seg;
+  }
+  return out;
 }
 
 std::string iso_now() {
@@ -432,6 +452,16 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
   const data::Transform train_tf = transform_for(cfg, data.train, true);
   transform_for(cfg, data.test, false);  // checks now, not after the first epoch
   Context ctx = make_context(cfg);
+  // Checked before the output folder is touched: a rejected config leaves nothing behind.
+  const int64_t B = cfg.get_int("train.batch"), accumulate = cfg.get_int("train.accumulate");
+  const int64_t n_batches = data.train.size() / B;  // drop_last: equal micro-batches
+  if (n_batches < accumulate)
+    throw ConfigError(concat(cfg.where("train.batch"), ": ", data.train.size(), " training samples "
+                             "give ", n_batches, " full batches of ", B, ", fewer than "
+                             "train.accumulate = ", accumulate));
+  // Micro-batches used per epoch: a final group smaller than train.accumulate is dropped (like
+  // drop_last), so no gradient is carried across an epoch end, where checkpoints hold none.
+  const int64_t used_batches = n_batches / accumulate * accumulate;
 
   std::string out_s = cfg.get_string("train.output");
   while (out_s.size() > 1 && out_s.back() == '/') out_s.pop_back();
@@ -486,12 +516,16 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
     // The run must be the same one: every key except those that cannot change the result.
     const Config old = Config::parse(ck.config_toml, path + "/config.toml", train_schema());
     const json a = old.to_json().flatten(), b = cfg.to_json().flatten();
-    for (auto it = b.begin(); it != b.end(); ++it)
-      if (!resumable_key(it.key()) && (!a.contains(it.key()) || a.at(it.key()) != it.value()))
-        throw ConfigError(concat("--resume: ", it.key().substr(1), " is ", it.value().dump(), " but the "
-                                 "checkpoint ", path, " was made with ",
-                                 a.contains(it.key()) ? a.at(it.key()).dump() : "nothing",
+    for (const json* side : {&b, &a})  // a key only in the checkpoint's config counts too
+      for (auto it = side->begin(); it != side->end(); ++it) {
+        const std::string& k = it.key();
+        if (resumable_key(k) || (a.contains(k) && b.contains(k) && a.at(k) == b.at(k))) continue;
+        throw ConfigError(concat("--resume: ", key_name(k), " is ",
+                                 b.contains(k) ? b.at(k).dump() : "not set", " but the checkpoint ",
+                                 path, " was made with ",
+                                 a.contains(k) ? a.at(k).dump() : "nothing",
                                  " (resuming must not change the run)"));
+      }
     for (auto& e : s.graph.params.entries()) {
       if (!ck.weights.has(e.name))
         throw DataError(concat("checkpoint ", path, ": no weight '", e.name, "'"));
@@ -531,16 +565,10 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
          {"test_samples", data.test.size()},
          {"threads", ctx.threads()}});
 
-  const int64_t B = cfg.get_int("train.batch"), accumulate = cfg.get_int("train.accumulate");
   const int64_t epochs = cfg.get_int("train.epochs"), max_steps = cfg.get_int("train.max_steps");
   const int64_t log_every = cfg.get_int("train.log_every"), eval_every = cfg.get_int("train.eval_every");
   const int64_t every_steps = cfg.get_int("checkpoint.every_steps");
   const int keep_last = int(cfg.get_int("checkpoint.keep_last"));
-  const int64_t n_batches = data.train.size() / B;  // drop_last: equal micro-batches
-  if (n_batches < accumulate)
-    throw ConfigError(concat(cfg.where("train.batch"), ": ", data.train.size(), " training samples "
-                             "give ", n_batches, " full batches of ", B, ", fewer than "
-                             "train.accumulate = ", accumulate));
   s.loss.scale = 1.0 / double(accumulate);
 
   int64_t samples = samples_at_start;  // samples seen since the run began (metrics.csv)
@@ -588,6 +616,7 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
     data::Batcher batcher(data.train, train_tf, bo);
     bool stop_now = false;
     while (auto batch = batcher.next()) {
+      if (batch->index >= used_batches) break;
       const uint64_t global = uint64_t(epoch) * uint64_t(n_batches) + uint64_t(batch->index);
       auto [in, lab] = make_sequence(s, batch->x, batch->y, global);
       const LossValues lv = bp.run(in, lab, {}, s.loss, s.bopt, &grads);
@@ -603,17 +632,17 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
       opt.step(ctx, s.graph.params, grads);
       Bptt::zero(ctx, grads);
       ++step;
-      const bool last_of_epoch = batch_in_epoch + accumulate > n_batches;
+      const bool last_of_epoch = batch_in_epoch >= used_batches;
       if (step % log_every == 0 || last_of_epoch) {
         const double acc = sum_valid ? double(sum_correct) / double(sum_valid) : std::nan("");
         metrics.line(concat("train,", epoch, ",", step, ",", fmt(sum_loss / sum_n), ",",
                             fmt(sum_ce / sum_n), ",", fmt(sum_act / sum_n), ",", fmt(acc), ",",
                             fmt(opt.lr()), ",", fmt(last_norm), ",", samples, ",", fmt(wall(), 4)));
         if (bar) {
-          const int width = 24, done = int(width * batch_in_epoch / n_batches);
+          const int width = 24, done = int(width * batch_in_epoch / used_batches);
           log << "\repoch " << epoch + 1 << "/" << epochs << " [" << std::string(size_t(done), '#')
               << std::string(size_t(width - done), '.') << "] " << batch_in_epoch << "/"
-              << n_batches << " loss " << fmt(sum_loss / sum_n, 4) << " acc " << fmt(acc, 3)
+              << used_batches << " loss " << fmt(sum_loss / sum_n, 4) << " acc " << fmt(acc, 3)
               << " lr " << fmt(opt.lr(), 3) << std::flush;
         } else if (!run.quiet) {
           log << "epoch " << epoch + 1 << "/" << epochs << " step " << step << " loss "
@@ -630,7 +659,7 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
       if (max_steps > 0 && step >= max_steps) break;
     }
     if (bar) log << "\n";
-    const bool epoch_done = batch_in_epoch + accumulate > n_batches;
+    const bool epoch_done = batch_in_epoch >= used_batches;
     if (epoch_done) {
       ++epoch;
       batch_in_epoch = 0;
@@ -641,11 +670,13 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
         metrics.line(concat("test,", epoch - 1, ",", step, ",", fmt(ea.loss), ",,,",
                             fmt(last_metric), ",", fmt(opt.lr()), ",,", data.test.size(), ",",
                             fmt(wall(), 4)));
-        event({{"event", "eval"}, {"split", "test"}, {"accuracy", last_metric}, {"loss", ea.loss}});
+        const double last_step = last_step_accuracy(ea);
+        event({{"event", "eval"}, {"split", "test"}, {"accuracy", last_metric},
+               {"last_step_accuracy", std::isfinite(last_step) ? json(last_step) : json(nullptr)},
+               {"loss", ea.loss}});
         if (!run.quiet)
           log << "epoch " << epoch << ": test accuracy " << fmt(last_metric, 4) << " (last step "
-              << fmt(ea.valid.back() ? double(ea.correct.back()) / double(ea.valid.back()) : 0.0, 4)
-              << ")\n";
+              << fmt(last_step, 4) << ")\n";
       }
       save(last_metric);
       last_metric = std::nan("");
@@ -709,12 +740,8 @@ int evaluate(const Config& cfg, const EvalRun& run, std::ostream& log) {
   if (!run.quiet) {
     log << "dynsim: " << run.split << " accuracy " << fmt(acc.accuracy(), 4) << " over the labelled "
         << "steps";
-    for (int t = s.T; t-- > 0;)
-      if (acc.valid[size_t(t)]) {
-        log << ", " << fmt(double(acc.correct[size_t(t)]) / double(acc.valid[size_t(t)]), 4)
-            << " at the last one";
-        break;
-      }
+    const double last_step = last_step_accuracy(acc);
+    if (std::isfinite(last_step)) log << ", " << fmt(last_step, 4) << " at the last one";
     log << " (" << fmt(secs, 3) << " s); per step in " << path << "\n";
   }
   return 0;

@@ -17,6 +17,7 @@
 #include "engine/hdf5_io.h"
 #include "engine/npy.h"
 #include "models/sim_config.h"
+#include "models/trainer.h"
 
 namespace dynsim::cli {
 namespace fs = std::filesystem;
@@ -296,12 +297,14 @@ int run_simulate(const SimulateArgs& a) {
 }
 
 int run_validate(const ValidateArgs& a) {
+  const ConfigSchema& schema = a.train ? models::train_schema() : models::simulate_schema();
   if (a.keys) {
-    std::cout << models::simulate_schema().describe();
+    std::cout << schema.describe();
     return 0;
   }
-  Config cfg = load_config(a.config, a.overrides);
-  check_format(cfg);
+  Config cfg = a.config.empty() ? Config::parse("", "(built-in defaults)", schema, a.overrides)
+                                : Config::load(a.config, schema, a.overrides);
+  if (!a.train) check_format(cfg);
   Graph g = models::build_graph(cfg);
   std::cout << (a.config.empty() ? std::string("(built-in defaults)") : a.config) << ": valid\n"
             << g.summary() << "parameters: " << g.params.count(true) << " trainable, "

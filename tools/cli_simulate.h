@@ -16,7 +16,8 @@ int run_simulate(const SimulateArgs& a);
 struct ValidateArgs {
   std::string config;
   std::vector<std::string> overrides;
-  bool keys = false;  // list every key of the schema
+  bool keys = false;   // list every key of the schema
+  bool train = false;  // the `dynsim train` schema instead of simulate's
 };
 int run_validate(const ValidateArgs& a);
 

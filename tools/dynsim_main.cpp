@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
   validate->add_option("config", val.config, "TOML config file")->check(CLI::ExistingFile);
   validate->add_option("--set", val.overrides, "override a config key: key=value (repeatable)");
   validate->add_flag("--keys", val.keys, "list every config key with its type and default");
+  validate->add_flag("--train", val.train, "check a `dynsim train` config (--keys: list its keys)");
 
   dynsim::cli::TrainArgs tr;
   auto* train = app.add_subcommand(

@@ -359,6 +359,23 @@ inline void for_each_interior(const Geom& g, const RowTaps& r, F&& f) {
 // cols [K, P] (row stride ld) <- the patches of x [Cg, H, W].
 template <class T>
 void im2col(const Geom& g, const T* x, T* cols, int64_t ld) {
+  if (g.ph == 0 && g.pw == 0) {  // unpadded ('valid'): every tap is inside, plain strided copies
+    for (int64_t c = 0; c < g.Cg; ++c)
+      for (int64_t kh = 0; kh < g.KH; ++kh)
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          T* d = cols + ((c * g.KH + kh) * g.KW + kw) * ld;
+          const T* xc = x + c * g.HW + kh * g.W + kw;
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const T* s = xc + oh * g.sh * g.W;
+            T* dr = d + oh * g.Wo;
+            if (g.sw == 1)
+              for (int64_t o = 0; o < g.Wo; ++o) dr[o] = s[o];
+            else
+              for (int64_t o = 0; o < g.Wo; ++o) dr[o] = s[o * g.sw];
+          }
+        }
+    return;
+  }
   for (int64_t c = 0; c < g.Cg; ++c)
     for (int64_t kh = 0; kh < g.KH; ++kh)
       for (int64_t kw = 0; kw < g.KW; ++kw) {
@@ -382,6 +399,20 @@ void im2col(const Geom& g, const T* x, T* cols, int64_t ld) {
 // x [Cg, H, W] += the patches in cols [K, P] (row stride ld): the adjoint of im2col.
 template <class T>
 void col2im_add(const Geom& g, const T* cols, int64_t ld, T* x) {
+  if (g.ph == 0 && g.pw == 0) {  // unpadded: the adjoint of im2col's strided copies
+    for (int64_t c = 0; c < g.Cg; ++c)
+      for (int64_t kh = 0; kh < g.KH; ++kh)
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          const T* d = cols + ((c * g.KH + kh) * g.KW + kw) * ld;
+          T* xc = x + c * g.HW + kh * g.W + kw;
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            T* s = xc + oh * g.sh * g.W;
+            const T* dr = d + oh * g.Wo;
+            for (int64_t o = 0; o < g.Wo; ++o) s[o * g.sw] += dr[o];
+          }
+        }
+    return;
+  }
   for (int64_t c = 0; c < g.Cg; ++c)
     for (int64_t kh = 0; kh < g.KH; ++kh)
       for (int64_t kw = 0; kw < g.KW; ++kw) {

@@ -6,6 +6,7 @@
 
 #include "engine/errors.h"
 #include "tools/cli_info.h"
+#include "tools/cli_retina.h"
 #include "tools/cli_simulate.h"
 #include "tools/cli_train.h"
 
@@ -88,6 +89,8 @@ int main(int argc, char** argv) {
   eval->add_option("--split", ev.split, "test | train");
   eval->add_flag("--quiet,-q", ev.quiet, "no summary");
 
+  dynsim::cli::RetinaArgs* retina = dynsim::cli::add_retina(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -105,6 +108,7 @@ int main(int argc, char** argv) {
     if (validate->parsed()) return dynsim::cli::run_validate(val);
     if (train->parsed()) return dynsim::cli::run_train(tr);
     if (eval->parsed()) return dynsim::cli::run_eval(ev);
+    if (dynsim::cli::retina_parsed(retina)) return dynsim::cli::run_retina(*retina);
   } catch (const dynsim::Error& e) {
     std::cerr << "dynsim: error: " << e.what() << "\n";
     return int(e.code());

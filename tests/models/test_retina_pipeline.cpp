@@ -1,0 +1,139 @@
+// The retina workflow (models/retina/pipeline.h) end to end on a small reference cell: config ->
+// recording -> CNN / LN / STNMF fits -> save / load -> evaluation on the repeated test segment
+// and subunit scoring; and the `dynsim retina` command line on good and bad inputs.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/errors.h"
+#include "engine/npy.h"
+#include "models/retina/pipeline.h"
+#include "tests/harness.h"
+
+using namespace dynsim;
+using namespace dynsim::retina;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char t[] = "/tmp/dynsim-retina-XXXXXX";
+    path = ::mkdtemp(t);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+Config cfg(const std::vector<std::string>& overrides) {
+  std::vector<std::string> o = {"generate.frames=20000", "generate.test_frames=300",
+                                "generate.test_trials=10", "generate.calibration_frames=20000",
+                                "fit.batch=500", "fit.iterations=800", "fit.threads=1"};
+  o.insert(o.end(), overrides.begin(), overrides.end());
+  return Config::parse("", "test", retina_schema(), o);
+}
+
+int run(const std::string& args, std::string* out = nullptr) {
+  const std::string log = (fs::temp_directory_path() / "dynsim-retina-cli.log").string();
+  const int rc = std::system((std::string(DYNSIM_CLI) + " " + args + " >" + log + " 2>&1").c_str());
+  if (out) {
+    std::ifstream f(log);
+    out->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+  return WEXITSTATUS(rc);
+}
+
+}  // namespace
+
+TEST_CASE("retina pipeline: generate, fit (yan, ln, stnmf), save/load, evaluate, score") {
+  const Config c = cfg({});
+  const GeneratorSpec spec = generator_spec(c);
+  REQUIRE(spec.cells.size() == 1);
+  CHECK(spec.cells[0].subunits.size() == 4);
+  const Recording rec = generate(spec);
+  CHECK(rec.stimulus.dim(0) == 20000);
+  CHECK(rec.test_spikes.shape() == Shape{10, 1, 300});
+
+  TempDir tmp;
+  for (const std::string kind : {"yan", "ln", "stnmf"}) {
+    CAPTURE(kind);
+    const Config ck = cfg({"model.kind=" + kind});
+    const RetinaModel m = fit_model(ck, rec);
+    CHECK(m.kind == kind);
+    CHECK(m.fit["spikes"].get<int64_t>() > 1000);
+    const std::string dir = (tmp.path / kind).string();
+    save_model(dir, m, ck, false);
+    CHECK_THROWS_AS(save_model(dir, m, ck, false), IoError);  // no silent replacement
+    const RetinaModel back = load_model(dir);
+    CHECK(back.kind == kind);
+    CHECK(back.cells == m.cells);
+    const nlohmann::json s = score_model(back, rec);
+    const auto& cell = s["cells"][0];
+    CHECK(cell["subunits"] == 4);
+    CHECK(cell["per_subunit"].size() == 4);
+    if (kind == "stnmf") {
+      CHECK_THROWS_AS(predict_counts(back, rec.test_stimulus), DataError);
+      continue;
+    }
+    // The loaded model predicts what the fitted one does.
+    const Tensor a = predict_counts(m, rec.test_stimulus, 1), b = predict_counts(back, rec.test_stimulus, 1);
+    for (int64_t t = kHistory; t < a.numel(); ++t) REQUIRE(a.item(t) == doctest::Approx(b.item(t)).epsilon(1e-6));
+    const nlohmann::json e = evaluate_model(back, rec);
+    const auto& ev = e["cells"][0];
+    MESSAGE(kind, ": CC(rate) ", ev["cc_rate"], ", CC(PSTH) ", ev["cc_psth"], ", FEVE ", ev["feve"],
+            ", bits/spike ", ev["bits_per_spike"], "; mean matched cosine ", cell["mean_cosine"]);
+    CHECK(ev["cc_rate"].get<double>() > 0.5);  // a short fit, but clearly a model of the cell
+    CHECK(ev["bits_per_spike"].get<double>() > 0);
+  }
+}
+
+TEST_CASE("retina pipeline: config errors name the key") {
+  CHECK_THROWS_WITH_AS(generator_spec(cfg({"stimulus.size=4", "cell[0].name=a", "cell[0].shift_x=3"})),
+                       doctest::Contains("does not fit in 4 x 4"), ConfigError);
+  const Recording rec = generate(generator_spec(cfg({"generate.frames=2000"})));
+  CHECK_THROWS_WITH_AS(fit_model(cfg({"model.cell=3"}), rec), doctest::Contains("model.cell"),
+                       ConfigError);
+}
+
+TEST_CASE("dynsim retina: the command line, good and bad inputs") {
+  TempDir tmp;
+  const std::string d = (tmp.path / "rec").string(), m = (tmp.path / "model").string();
+  const std::string small = " --set generate.frames=6000 --set generate.calibration_frames=6000"
+                            " --set generate.test_frames=200 --set generate.test_trials=5";
+  std::string out;
+  REQUIRE(run("retina generate -q -o " + d + small, &out) == 0);
+  CHECK(fs::exists(fs::path(d) / "ground_truth.json"));
+  CHECK(fs::exists(fs::path(d) / "retina.toml"));
+  CHECK(run("retina generate -q -o " + d + small, &out) == 64);  // exists, no --overwrite
+  REQUIRE(run("retina fit " + d + " -q -o " + m + " --set model.kind=ln", &out) == 0);
+  CHECK(run("retina evaluate " + m + " " + d + " -o " + (tmp.path / "e.json").string(), &out) == 0);
+  CHECK(fs::exists(tmp.path / "e.json"));
+  CHECK(run("retina score " + m + " " + d, &out) == 0);
+  CHECK(out.find("\"recovered\"") != std::string::npos);
+  // Transfer: the LN model of a cell shifted by one pixel, cross-evaluated zero-shot; each
+  // model predicts its own cell better than the other one.
+  const std::string d2 = (tmp.path / "rec2").string(), m2 = (tmp.path / "model2").string();
+  REQUIRE(run("retina generate -q -o " + d2 + small + " --set cell[0].name=s --set cell[0].shift_x=1", &out) == 0);
+  REQUIRE(run("retina fit " + d2 + " -q -o " + m2 + " --set model.kind=ln", &out) == 0);
+  const std::string tj = (tmp.path / "t.json").string();
+  REQUIRE(run("retina transfer --models " + m + " " + m2 + " --data " + d + " " + d2 + " -o " + tj, &out) == 0);
+  std::ifstream tf(tj);
+  const nlohmann::json t = nlohmann::json::parse(tf);
+  const auto& mx = t["matrix"];
+  MESSAGE("LN transfer matrix (CC with the rate): ", mx.dump());
+  CHECK(mx[0][0].get<double>() > mx[0][1].get<double>());
+  CHECK(mx[1][1].get<double>() > mx[1][0].get<double>());
+  CHECK(fs::exists(tmp.path / "t.csv"));
+  // Bad inputs: an unknown key (78), a corrupt spikes file (65); nothing is written for them.
+  CHECK(run("retina generate -q -o " + (tmp.path / "x").string() + " --set generate.nope=1", &out) == 78);
+  CHECK(out.find("generate.nope") != std::string::npos);
+  CHECK_FALSE(fs::exists(tmp.path / "x"));
+  {
+    std::ofstream f(fs::path(d) / "spikes.npy", std::ios::trunc);  // empty file
+  }
+  CHECK(run("retina fit " + d + " -q -o " + (tmp.path / "m2").string(), &out) == 65);
+  CHECK(out.find("spikes.npy") != std::string::npos);
+  CHECK_FALSE(fs::exists(tmp.path / "m2"));
+}

@@ -132,26 +132,24 @@ Tensor parse_npy(const std::string& bytes, const std::string& path, std::string*
   return t;
 }
 
-void save_npy(const std::string& path, const Tensor& t) {
-  if (!t.defined() || !t.is_cpu()) throw Error(concat("save_npy ", path, ": needs a host tensor"));
-  const char* descr = t.dtype() == DType::F32 ? "<f4" : t.dtype() == DType::F64 ? "<f8" : "<i4";
+void save_npy_raw(const std::string& path, const std::string& descr, const Shape& shape,
+                  const void* data, size_t bytes) {
   std::string h = concat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (");
-  for (int i = 0; i < t.rank(); ++i)
-    h += concat(t.dim(i), t.rank() == 1 ? "," : (i + 1 < t.rank() ? ", " : ""));
+  for (int i = 0; i < shape.rank(); ++i)
+    h += concat(shape[i], shape.rank() == 1 ? "," : (i + 1 < shape.rank() ? ", " : ""));
   h += "), }";
   while ((10 + h.size() + 1) % 64 != 0) h += ' ';
   h += '\n';
-  const unsigned char pre[10] = {0x93,
-                                 'N',
-                                 'U',
-                                 'M',
-                                 'P',
-                                 'Y',
-                                 1,
-                                 0,
+  const unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                                  static_cast<unsigned char>(h.size() & 0xff),
                                  static_cast<unsigned char>(h.size() >> 8)};
-  write_file_atomic(path, Chunks{{pre, 10}, {h.data(), h.size()}, {t.raw(), t.nbytes()}});
+  write_file_atomic(path, Chunks{{pre, 10}, {h.data(), h.size()}, {data, bytes}});
+}
+
+void save_npy(const std::string& path, const Tensor& t) {
+  if (!t.defined() || !t.is_cpu()) throw Error(concat("save_npy ", path, ": needs a host tensor"));
+  const char* descr = t.dtype() == DType::F32 ? "<f4" : t.dtype() == DType::F64 ? "<f8" : "<i4";
+  save_npy_raw(path, descr, t.shape(), t.raw(), t.nbytes());
 }
 
 }  // namespace dynsim

@@ -1,12 +1,28 @@
 // The op harness (tests/harness.h).
 #include "tests/harness.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <random>
 
 #include "engine/npy.h"
 
 namespace dynsim::test {
+
+TempDir::TempDir(const std::string& tag) {
+  static int counter = 0;
+  path_ = std::filesystem::temp_directory_path() /
+          (tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+  std::filesystem::remove_all(path_);
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
 
 std::string& torch_refs_dir_storage() {
   static std::string dir;

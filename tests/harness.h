@@ -5,6 +5,7 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -14,6 +15,20 @@
 #include "kernels/op_common.h"
 
 namespace dynsim::test {
+
+// A fresh folder under the system temp folder (named after `tag`, the pid and a counter),
+// removed with everything in it at scope exit.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "dynsim_test");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 // Deterministic host tensors (std::mt19937_64 seeded; independent of the engine's RNG).
 Tensor random_ints(const Shape& s, int lo, int hi, uint64_t seed, DType t = DType::F32);

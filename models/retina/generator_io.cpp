@@ -143,27 +143,10 @@ void check_recording(const Recording& r) {
 
 namespace {
 
-// .npy of one-byte integers (descr "|i1" or "|u1"), which engine/npy.h does not write.
+// .npy of one-byte integers (descr "|i1" or "|u1").
 void save_npy_bytes(const fs::path& path, const char* descr, const Shape& shape,
                     const std::vector<uint8_t>& data) {
-  std::string h = concat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (");
-  for (int i = 0; i < shape.rank(); ++i)
-    h += concat(shape[i], shape.rank() == 1 ? "," : (i + 1 < shape.rank() ? ", " : ""));
-  h += "), }";
-  while ((10 + h.size() + 1) % 64 != 0) h += ' ';
-  h += '\n';
-  const unsigned char pre[10] = {0x93,
-                                 'N',
-                                 'U',
-                                 'M',
-                                 'P',
-                                 'Y',
-                                 1,
-                                 0,
-                                 static_cast<unsigned char>(h.size() & 0xff),
-                                 static_cast<unsigned char>(h.size() >> 8)};
-  write_file_atomic(path.string(),
-                    Chunks{{pre, 10}, {h.data(), h.size()}, {data.data(), data.size()}});
+  save_npy_raw(path.string(), descr, shape, data.data(), data.size());
 }
 
 // Counts as u8 when every value fits, else i32.

@@ -18,14 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char t[] = "/tmp/dynsim-retina-XXXXXX";
-    path = ::mkdtemp(t);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using test::TempDir;
 
 Config cfg(const std::vector<std::string>& overrides) {
   std::vector<std::string> o = {"generate.frames=20000", "generate.test_frames=300",
@@ -56,14 +49,14 @@ TEST_CASE("retina pipeline: generate, fit (yan, ln, stnmf), save/load, evaluate,
   CHECK(rec.stimulus.dim(0) == 20000);
   CHECK(rec.test_spikes.shape() == Shape{10, 1, 300});
 
-  TempDir tmp;
+  TempDir tmp("dynsim_retina_test");
   for (const std::string kind : {"yan", "ln", "stnmf"}) {
     CAPTURE(kind);
     const Config ck = cfg({"model.kind=" + kind});
     const RetinaModel m = fit_model(ck, rec);
     CHECK(m.kind == kind);
     CHECK(m.fit["spikes"].get<int64_t>() > 1000);
-    const std::string dir = (tmp.path / kind).string();
+    const std::string dir = (tmp.path() / kind).string();
     save_model(dir, m, ck, false);
     CHECK_THROWS_AS(save_model(dir, m, ck, false), IoError);  // no silent replacement
     const RetinaModel back = load_model(dir);
@@ -98,8 +91,8 @@ TEST_CASE("retina pipeline: config errors name the key") {
 }
 
 TEST_CASE("dynsim retina: the command line, good and bad inputs") {
-  TempDir tmp;
-  const std::string d = (tmp.path / "rec").string(), m = (tmp.path / "model").string();
+  TempDir tmp("dynsim_retina_test");
+  const std::string d = (tmp.path() / "rec").string(), m = (tmp.path() / "model").string();
   const std::string small = " --set generate.frames=6000 --set generate.calibration_frames=6000"
                             " --set generate.test_frames=200 --set generate.test_trials=5";
   std::string out;
@@ -108,16 +101,16 @@ TEST_CASE("dynsim retina: the command line, good and bad inputs") {
   CHECK(fs::exists(fs::path(d) / "retina.toml"));
   CHECK(run("retina generate -q -o " + d + small, &out) == 64);  // exists, no --overwrite
   REQUIRE(run("retina fit " + d + " -q -o " + m + " --set model.kind=ln", &out) == 0);
-  CHECK(run("retina evaluate " + m + " " + d + " -o " + (tmp.path / "e.json").string(), &out) == 0);
-  CHECK(fs::exists(tmp.path / "e.json"));
+  CHECK(run("retina evaluate " + m + " " + d + " -o " + (tmp.path() / "e.json").string(), &out) == 0);
+  CHECK(fs::exists(tmp.path() / "e.json"));
   CHECK(run("retina score " + m + " " + d, &out) == 0);
   CHECK(out.find("\"recovered\"") != std::string::npos);
   // Transfer: the LN model of a cell shifted by one pixel, cross-evaluated zero-shot; each
   // model predicts its own cell better than the other one.
-  const std::string d2 = (tmp.path / "rec2").string(), m2 = (tmp.path / "model2").string();
+  const std::string d2 = (tmp.path() / "rec2").string(), m2 = (tmp.path() / "model2").string();
   REQUIRE(run("retina generate -q -o " + d2 + small + " --set cell[0].name=s --set cell[0].shift_x=1", &out) == 0);
   REQUIRE(run("retina fit " + d2 + " -q -o " + m2 + " --set model.kind=ln", &out) == 0);
-  const std::string tj = (tmp.path / "t.json").string();
+  const std::string tj = (tmp.path() / "t.json").string();
   REQUIRE(run("retina transfer --models " + m + " " + m2 + " --data " + d + " " + d2 + " -o " + tj, &out) == 0);
   std::ifstream tf(tj);
   const nlohmann::json t = nlohmann::json::parse(tf);
@@ -125,15 +118,15 @@ TEST_CASE("dynsim retina: the command line, good and bad inputs") {
   MESSAGE("LN transfer matrix (CC with the rate): ", mx.dump());
   CHECK(mx[0][0].get<double>() > mx[0][1].get<double>());
   CHECK(mx[1][1].get<double>() > mx[1][0].get<double>());
-  CHECK(fs::exists(tmp.path / "t.csv"));
+  CHECK(fs::exists(tmp.path() / "t.csv"));
   // Bad inputs: an unknown key (78), a corrupt spikes file (65); nothing is written for them.
-  CHECK(run("retina generate -q -o " + (tmp.path / "x").string() + " --set generate.nope=1", &out) == 78);
+  CHECK(run("retina generate -q -o " + (tmp.path() / "x").string() + " --set generate.nope=1", &out) == 78);
   CHECK(out.find("generate.nope") != std::string::npos);
-  CHECK_FALSE(fs::exists(tmp.path / "x"));
+  CHECK_FALSE(fs::exists(tmp.path() / "x"));
   {
     std::ofstream f(fs::path(d) / "spikes.npy", std::ios::trunc);  // empty file
   }
-  CHECK(run("retina fit " + d + " -q -o " + (tmp.path / "m2").string(), &out) == 65);
+  CHECK(run("retina fit " + d + " -q -o " + (tmp.path() / "m2").string(), &out) == 65);
   CHECK(out.find("spikes.npy") != std::string::npos);
-  CHECK_FALSE(fs::exists(tmp.path / "m2"));
+  CHECK_FALSE(fs::exists(tmp.path() / "m2"));
 }

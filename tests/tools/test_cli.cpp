@@ -27,27 +27,7 @@ namespace {
 const fs::path kCorpus = fs::path(DYNSIM_TEST_DATA) / "cli";
 const fs::path kConfigs = fs::path(DYNSIM_SOURCE_DIR) / "models" / "configs";
 
-// A fresh folder under the system temp folder, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("dynsim_cli_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using dynsim::test::TempDir;
 
 std::string quote(const std::string& s) {
   std::string q = "'";

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "engine/checkpoint.h"
+#include "tests/harness.h"
 
 using namespace dynsim;
 using nlohmann::json;
@@ -40,27 +41,7 @@ const std::string kTask =
     "--set train.shuffle_pattern=true --set train.log_every=2 --set checkpoint.every_steps=2 -q";
 constexpr int kStepsPerEpoch = 7, kSteps = 21, kSamplesPerStep = 32, kTestSamples = 60;
 
-// A fresh folder under the system temp folder, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("dynsim_train_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using dynsim::test::TempDir;
 
 std::string quote(const std::string& s) {
   std::string q = "'";

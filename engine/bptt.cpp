@@ -274,25 +274,10 @@ struct Bptt::Impl {
     tau_trainable.assign(A, 0);
     for (size_t a = 0; a < A; ++a) {
       const Area& ar = g.areas[a];
-      Tensor tv;
-      if (!ar.tau_per_sample.empty()) {
-        if (int(ar.tau_per_sample.size()) != batch)
-          throw DataError(concat("area ", ar.name, ": ", ar.tau_per_sample.size(),
-                                 " per-sample tau values for a batch of ", batch));
-        tv = Tensor::from(Shape{batch}, ar.tau_per_sample, dtype);
-      } else if (!ar.tau_param.empty()) {
-        const auto& e = g.params.entries();
-        tv = ctx.to_host(g.params.get(ar.tau_param)).view(Shape{1}).to_dtype(dtype);
-        if (ar.tau_softplus) {
-          const double s = tv.item(0);
-          tv.set(0, s > 30 ? s : std::log1p(std::exp(s)));
-        }
-        for (const auto& p : e)
+      tau[a] = ctx.to_device(area_tau(ctx, g, ar, batch, dtype));
+      if (ar.tau_per_sample.empty() && !ar.tau_param.empty())
+        for (const auto& p : g.params.entries())
           if (p.name == ar.tau_param) tau_trainable[a] = p.trainable;
-      } else {
-        tv = Tensor::from(Shape{1}, {ar.tau}, dtype);
-      }
-      tau[a] = ctx.to_device(tv);
       if (tau_trainable[a]) gtau[a] = ctx.zeros(Shape{1}, dtype);
     }
   }

@@ -87,6 +87,22 @@ RingPlan plan_rings(const Graph& g, bool staged) {
   return p;
 }
 
+Tensor area_tau(Context& ctx, const Graph& g, const Area& a, int batch, DType t) {
+  if (!a.tau_per_sample.empty()) {
+    if (int(a.tau_per_sample.size()) != batch)
+      throw DataError(concat("area ", a.name, ": ", a.tau_per_sample.size(),
+                             " per-sample tau values for a batch of ", batch));
+    return Tensor::from(Shape{batch}, a.tau_per_sample, t);
+  }
+  if (a.tau_param.empty()) return Tensor::from(Shape{1}, {a.tau}, t);
+  Tensor tv = ctx.to_host(g.params.get(a.tau_param)).view(Shape{1}).to_dtype(t);
+  if (a.tau_softplus) {
+    const double s = tv.item(0);
+    tv.set(0, s > 30 ? s : std::log1p(std::exp(s)));
+  }
+  return tv;
+}
+
 struct Scheduler::Impl {
   Context& ctx;
   Graph& g;
@@ -162,23 +178,7 @@ struct Scheduler::Impl {
       state[a] = ctx.empty(s, t);
       memory[a] = ctx.empty(s, t);
       if (ar.has_pool) pooled[a] = ctx.empty(Shape{B, ar.channels, ar.out_height(), ar.out_width()}, t);
-      // tau: one value, or one per sample.
-      Tensor tv;
-      if (!ar.tau_per_sample.empty()) {
-        if (int(ar.tau_per_sample.size()) != B)
-          throw DataError(concat("area ", ar.name, ": ", ar.tau_per_sample.size(),
-                                 " per-sample tau values for a batch of ", B));
-        tv = Tensor::from(Shape{B}, ar.tau_per_sample, t);
-      } else if (!ar.tau_param.empty()) {
-        tv = ctx.to_host(g.params.get(ar.tau_param)).view(Shape{1}).to_dtype(t);
-        if (ar.tau_softplus) {
-          const double s = tv.item(0);
-          tv.set(0, s > 30 ? s : std::log1p(std::exp(s)));
-        }
-      } else {
-        tv = Tensor::from(Shape{1}, {ar.tau}, t);
-      }
-      tau[a] = ctx.to_device(tv);
+
     }
     if (staged) {
       K.assign(A, {});
@@ -253,6 +253,7 @@ struct Scheduler::Impl {
                              g.input_height, "x", g.input_width));
     allocate(B, input.dtype());
     const size_t A = g.areas.size();
+    for (size_t a = 0; a < A; ++a) tau[a] = ctx.to_device(area_tau(ctx, g, g.areas[a], B, dtype));
     for (auto& r : rings) r.clear();
     for (auto& r : slopes) r.clear();
     initial_slope_set = false;

@@ -47,6 +47,11 @@ struct RingPlan {
 };
 RingPlan plan_rings(const Graph& g, bool staged);
 
+// tau of area a on the host in dtype t: the per-sample list ([B]; DataError when it does not
+// have B values), the parameter (raw or through softplus; read anew on every call, since
+// training changes it) or the fixed value ([1]).
+Tensor area_tau(Context& ctx, const Graph& g, const Area& a, int batch, DType t);
+
 class Scheduler {
  public:
   Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver = {});

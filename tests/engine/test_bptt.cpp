@@ -508,3 +508,25 @@ TEST_CASE("bptt: bad input is refused with a clear message") {
   wrong.set(1, 7);
   CHECK_THROWS_AS(bp.run(x, wrong, {}, LossSpec{}, {}, nullptr), DataError);
 }
+
+TEST_CASE("bptt and scheduler read tau anew on every run (training changes it)") {
+  Context ctx;
+  DyRCNNOptions o = small_x4();
+  o.train_tau = true;
+  Case c = make("x4 trainable tau", o);
+  Graph g = build(c, DType::F32);
+  Scheduler sched(ctx, g);
+  RunOptions ro;
+  ro.record = RecordMode::None;
+  const Tensor x = input_for(c, DType::F32);
+  const Recording before = sched.run(x, ro);
+  g.params.get("tau_V1").set(0, 2.5);  // as an optimiser step would
+  const Recording after = sched.run(x, ro);
+  double diff = 0;
+  for (int64_t i = 0; i < after.logits.numel(); ++i)
+    diff = std::max(diff, std::abs(after.logits.item(i) - before.logits.item(i)));
+  CHECK(diff > 0);
+  Bptt bp(ctx, g);
+  require_equal(bp.run(x, labels_for(c), {}, c.loss, options(c), nullptr).logits, after.logits,
+                "logits with the new tau");
+}

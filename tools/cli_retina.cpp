@@ -19,7 +19,7 @@ using nlohmann::json;
 struct RetinaArgs {
   CLI::App* root = nullptr;
   CLI::App *generate = nullptr, *fit = nullptr, *evaluate = nullptr, *score = nullptr,
-           *transfer = nullptr;
+           *transfer = nullptr, *keys = nullptr;
   std::string config, output, data, model;
   std::vector<std::string> overrides, models, datas;
   std::string mode = "zero-shot";
@@ -205,6 +205,7 @@ RetinaArgs* add_retina(CLI::App& app) {
   a.transfer->add_option("--set", a.overrides, "override a key of the models' configs");
   a.transfer->add_option("--output,-o", a.output, "JSON file (and .csv beside it); default: CSV on stdout");
 
+  a.keys = a.root->add_subcommand("keys", "list every retina config key with its type and default");
   return &a;
 }
 
@@ -215,6 +216,10 @@ int run_retina(const RetinaArgs& a) {
   if (a.fit->parsed()) return do_fit(a);
   if (a.evaluate->parsed()) return do_evaluate(a);
   if (a.score->parsed()) return do_score(a);
+  if (a.keys->parsed()) {
+    std::cout << retina::retina_schema().describe();
+    return 0;
+  }
   return do_transfer(a);
 }
 

@@ -119,6 +119,9 @@ TEST_CASE("dynsim retina: the command line, good and bad inputs") {
   CHECK(mx[0][0].get<double>() > mx[0][1].get<double>());
   CHECK(mx[1][1].get<double>() > mx[1][0].get<double>());
   CHECK(fs::exists(tmp.path() / "t.csv"));
+  CHECK(run("retina keys", &out) == 0);
+  CHECK(out.find("stimulus.kind") != std::string::npos);
+  CHECK(out.find("cell[N].layout") != std::string::npos);
   // Bad inputs: an unknown key (78), a corrupt spikes file (65); nothing is written for them.
   CHECK(run("retina generate -q -o " + (tmp.path() / "x").string() + " --set generate.nope=1", &out) == 78);
   CHECK(out.find("generate.nope") != std::string::npos);

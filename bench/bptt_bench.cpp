@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "engine/bptt.h"
 #include "models/dyrcnn/dyrcnn.h"
 
@@ -71,17 +72,7 @@ bool reset_hwm() {
   return ok;
 }
 
-// Deterministic values in [-1, 1) from a cheap integer hash, identical in every child.
-Tensor values(const Shape& s, uint64_t seed) {
-  Tensor t = Tensor::empty(s);
-  float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    uint64_t h = (uint64_t(i) + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 31;
-    p[i] = float(h >> 40) / float(1 << 23) - 1.f;
-  }
-  return t;
-}
+using bench::values;
 
 double ms_since(std::chrono::steady_clock::time_point a) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count();

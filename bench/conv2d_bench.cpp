@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "kernels/dispatch.h"
 
 using namespace dynsim;
@@ -47,17 +48,7 @@ double median_ms(int repeats, F&& f) {
   return t[t.size() / 2];
 }
 
-// Deterministic values in [-1, 1) from a cheap integer hash (setup should not dominate the run).
-Tensor values(const Shape& s, uint64_t seed) {
-  Tensor t = Tensor::empty(s);
-  float* p = t.data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    uint64_t h = (uint64_t(i) + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 31;
-    p[i] = float(h >> 40) / float(1 << 23) - 1.f;
-  }
-  return t;
-}
+using bench::values;
 
 }  // namespace
 

@@ -3,12 +3,29 @@
 
 #include <unistd.h>
 
+#include <sstream>
+
+#include <fstream>
+
 #include <cmath>
 #include <random>
 
 #include "engine/npy.h"
 
 namespace dynsim::test {
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string read_text(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
 
 TempDir::TempDir(const std::string& tag) {
   static int counter = 0;

@@ -18,6 +18,11 @@ namespace dynsim::test {
 
 // A fresh folder under the system temp folder (named after `tag`, the pid and a counter),
 // removed with everything in it at scope exit.
+// A string as one single-quoted shell word.
+std::string shell_quote(const std::string& s);
+// A whole file as bytes ("" if it cannot be read).
+std::string read_text(const std::filesystem::path& p);
+
 class TempDir {
  public:
   explicit TempDir(const std::string& tag = "dynsim_test");

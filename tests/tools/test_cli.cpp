@@ -29,18 +29,8 @@ const fs::path kConfigs = fs::path(DYNSIM_SOURCE_DIR) / "models" / "configs";
 
 using dynsim::test::TempDir;
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using dynsim::test::read_text;
+const auto& quote = dynsim::test::shell_quote;
 
 struct Result {
   int code = -1;

@@ -43,18 +43,8 @@ constexpr int kStepsPerEpoch = 7, kSteps = 21, kSamplesPerStep = 32, kTestSample
 
 using dynsim::test::TempDir;
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using dynsim::test::read_text;
+const auto& quote = dynsim::test::shell_quote;
 
 json read_json(const fs::path& p) {
   return json::parse(read_text(p));

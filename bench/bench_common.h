@@ -1,0 +1,22 @@
+// Pieces shared by the benchmarks.
+#pragma once
+#include <cstdint>
+
+#include "engine/tensor.h"
+
+namespace dynsim::bench {
+
+// Deterministic f32 values in [-1, 1) from a cheap integer hash: identical in every process
+// (forked children included) and cheap enough that setup never dominates a run.
+inline Tensor values(const Shape& s, uint64_t seed) {
+  Tensor t = Tensor::empty(s);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    uint64_t h = (uint64_t(i) + seed * 0x9E3779B97F4A7C15ull) * 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 31;
+    p[i] = float(h >> 40) / float(1 << 23) - 1.f;
+  }
+  return t;
+}
+
+}  // namespace dynsim::bench

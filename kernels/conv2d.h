@@ -26,4 +26,11 @@ void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& grad_y, co
                      const Tensor& w, const Tensor& grad_x, const Tensor& grad_w,
                      const Tensor& grad_b, GradMode m);
 }  // namespace cpu
+namespace cuda {  // kernels/conv2d_cudnn.cpp (cuDNN; f32, f64)
+void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
+                    const Tensor& b, const Tensor& y);
+void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& grad_y, const Tensor& x,
+                     const Tensor& w, const Tensor& grad_x, const Tensor& grad_w,
+                     const Tensor& grad_b, GradMode m);
+}  // namespace cuda
 }  // namespace dynsim

@@ -30,12 +30,15 @@ constexpr bool kCudaBuilt = DYNSIM_WITH_CUDA;
 inline void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
                            const Tensor& b, const Tensor& y) {
   if (!on_cuda(c)) return cpu::conv2d_forward(c, p, x, w, b, y);
+  if constexpr (kCudaBuilt) return cuda::conv2d_forward(c, p, x, w, b, y);
   no_cuda("conv2d_forward");
 }
 inline void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& grad_y,
                             const Tensor& x, const Tensor& w, const Tensor& grad_x,
                             const Tensor& grad_w, const Tensor& grad_b, GradMode m) {
   if (!on_cuda(c)) return cpu::conv2d_backward(c, p, grad_y, x, w, grad_x, grad_w, grad_b, m);
+  if constexpr (kCudaBuilt)
+    return cuda::conv2d_backward(c, p, grad_y, x, w, grad_x, grad_w, grad_b, m);
   no_cuda("conv2d_backward");
 }
 inline void add(Context& c, const Tensor& a, const Tensor& b, const Tensor& y) {
@@ -83,17 +86,21 @@ inline void relu_backward(Context& c, const Tensor& x, const Tensor& grad_y, con
 inline void linear_forward(Context& c, const Tensor& x, const Tensor& w, const Tensor& b,
                            const Tensor& y) {
   if (!on_cuda(c)) return cpu::linear_forward(c, x, w, b, y);
+  if constexpr (kCudaBuilt) return cuda::linear_forward(c, x, w, b, y);
   no_cuda("linear_forward");
 }
 inline void linear_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& w,
                             const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
                             GradMode m) {
   if (!on_cuda(c)) return cpu::linear_backward(c, grad_y, x, w, grad_x, grad_w, grad_b, m);
+  if constexpr (kCudaBuilt)
+    return cuda::linear_backward(c, grad_y, x, w, grad_x, grad_w, grad_b, m);
   no_cuda("linear_backward");
 }
 inline void cross_entropy_forward(Context& c, const CrossEntropyParams& p, const Tensor& logits,
                                   const Tensor& labels, const Tensor& loss) {
   if (!on_cuda(c)) return cpu::cross_entropy_forward(c, p, logits, labels, loss);
+  if constexpr (kCudaBuilt) return cuda::cross_entropy_forward(c, p, logits, labels, loss);
   no_cuda("cross_entropy_forward");
 }
 inline void cross_entropy_backward(Context& c, const CrossEntropyParams& p, const Tensor& grad_loss,
@@ -101,27 +108,35 @@ inline void cross_entropy_backward(Context& c, const CrossEntropyParams& p, cons
                                    const Tensor& grad_logits, GradMode m) {
   if (!on_cuda(c))
     return cpu::cross_entropy_backward(c, p, grad_loss, logits, labels, grad_logits, m);
+  if constexpr (kCudaBuilt)
+    return cuda::cross_entropy_backward(c, p, grad_loss, logits, labels, grad_logits, m);
   no_cuda("cross_entropy_backward");
 }
 inline void poisson_nll_forward(Context& c, const PoissonNllParams& p, const Tensor& pred,
                                 const Tensor& target, const Tensor& loss) {
   if (!on_cuda(c)) return cpu::poisson_nll_forward(c, p, pred, target, loss);
+  if constexpr (kCudaBuilt) return cuda::poisson_nll_forward(c, p, pred, target, loss);
   no_cuda("poisson_nll_forward");
 }
 inline void poisson_nll_backward(Context& c, const PoissonNllParams& p, const Tensor& grad_loss,
                                  const Tensor& pred, const Tensor& target, const Tensor& grad_pred,
                                  GradMode m) {
   if (!on_cuda(c)) return cpu::poisson_nll_backward(c, p, grad_loss, pred, target, grad_pred, m);
+  if constexpr (kCudaBuilt)
+    return cuda::poisson_nll_backward(c, p, grad_loss, pred, target, grad_pred, m);
   no_cuda("poisson_nll_backward");
 }
 inline void mse_forward(Context& c, const Tensor& pred, const Tensor& target, const Tensor& loss) {
   if (!on_cuda(c)) return cpu::mse_forward(c, pred, target, loss);
+  if constexpr (kCudaBuilt) return cuda::mse_forward(c, pred, target, loss);
   no_cuda("mse_forward");
 }
 inline void mse_backward(Context& c, const Tensor& grad_loss, const Tensor& pred,
                          const Tensor& target, const Tensor& grad_pred, const Tensor& grad_target,
                          GradMode m) {
   if (!on_cuda(c)) return cpu::mse_backward(c, grad_loss, pred, target, grad_pred, grad_target, m);
+  if constexpr (kCudaBuilt)
+    return cuda::mse_backward(c, grad_loss, pred, target, grad_pred, grad_target, m);
   no_cuda("mse_backward");
 }
 inline void fill_normal(Context& c, uint64_t seed, uint64_t offset, double mean, double std,
@@ -138,82 +153,101 @@ inline void fill_uniform_bits(Context& c, uint64_t seed, uint64_t offset, const 
 inline void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y,
                               const Tensor& argmax) {
   if (!on_cuda(c)) return cpu::maxpool2d_forward(c, p, x, y, argmax);
+  if constexpr (kCudaBuilt) return cuda::maxpool2d_forward(c, p, x, y, argmax);
   no_cuda("maxpool2d_forward");
 }
 inline void maxpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
                                const Tensor& argmax, const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::maxpool2d_backward(c, p, grad_y, argmax, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::maxpool2d_backward(c, p, grad_y, argmax, grad_x, m);
   no_cuda("maxpool2d_backward");
 }
 inline void avgpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::avgpool2d_forward(c, p, x, y);
+  if constexpr (kCudaBuilt) return cuda::avgpool2d_forward(c, p, x, y);
   no_cuda("avgpool2d_forward");
 }
 inline void avgpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
                                const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::avgpool2d_backward(c, p, grad_y, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::avgpool2d_backward(c, p, grad_y, grad_x, m);
   no_cuda("avgpool2d_backward");
 }
 inline void sum_all_forward(Context& c, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::sum_all_forward(c, x, y);
+  if constexpr (kCudaBuilt) return cuda::sum_all_forward(c, x, y);
   no_cuda("sum_all_forward");
 }
 inline void sum_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::sum_all_backward(c, grad_y, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::sum_all_backward(c, grad_y, grad_x, m);
   no_cuda("sum_all_backward");
 }
 inline void mean_all_forward(Context& c, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::mean_all_forward(c, x, y);
+  if constexpr (kCudaBuilt) return cuda::mean_all_forward(c, x, y);
   no_cuda("mean_all_forward");
 }
 inline void mean_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::mean_all_backward(c, grad_y, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::mean_all_backward(c, grad_y, grad_x, m);
   no_cuda("mean_all_backward");
 }
 inline void sum_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::sum_hw_forward(c, x, y);
+  if constexpr (kCudaBuilt) return cuda::sum_hw_forward(c, x, y);
   no_cuda("sum_hw_forward");
 }
 inline void sum_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::sum_hw_backward(c, grad_y, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::sum_hw_backward(c, grad_y, grad_x, m);
   no_cuda("sum_hw_backward");
 }
 inline void mean_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::mean_hw_forward(c, x, y);
+  if constexpr (kCudaBuilt) return cuda::mean_hw_forward(c, x, y);
   no_cuda("mean_hw_forward");
 }
 inline void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::mean_hw_backward(c, grad_y, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::mean_hw_backward(c, grad_y, grad_x, m);
   no_cuda("mean_hw_backward");
 }
 inline void resize_nearest_forward(Context& c, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::resize_nearest_forward(c, x, y);
+  if constexpr (kCudaBuilt) return cuda::resize_nearest_forward(c, x, y);
   no_cuda("resize_nearest_forward");
 }
 inline void resize_nearest_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x,
                                     GradMode m) {
   if (!on_cuda(c)) return cpu::resize_nearest_backward(c, grad_y, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::resize_nearest_backward(c, grad_y, grad_x, m);
   no_cuda("resize_nearest_backward");
 }
 inline void softplus_forward(Context& c, const Tensor& x, const Tensor& a, const Tensor& b,
                              const Tensor& y) {
   if (!on_cuda(c)) return cpu::softplus_forward(c, x, a, b, y);
+  if constexpr (kCudaBuilt) return cuda::softplus_forward(c, x, a, b, y);
   no_cuda("softplus_forward");
 }
 inline void softplus_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& a,
                               const Tensor& b, const Tensor& grad_x, const Tensor& grad_a,
                               const Tensor& grad_b, GradMode m) {
   if (!on_cuda(c)) return cpu::softplus_backward(c, grad_y, x, a, b, grad_x, grad_a, grad_b, m);
+  if constexpr (kCudaBuilt)
+    return cuda::softplus_backward(c, grad_y, x, a, b, grad_x, grad_a, grad_b, m);
   no_cuda("softplus_backward");
 }
 inline void supralinearity_forward(Context& c, const SupralinearityParams& p, const Tensor& x,
                                    const Tensor& y) {
   if (!on_cuda(c)) return cpu::supralinearity_forward(c, p, x, y);
+  if constexpr (kCudaBuilt) return cuda::supralinearity_forward(c, p, x, y);
   no_cuda("supralinearity_forward");
 }
 inline void supralinearity_backward(Context& c, const SupralinearityParams& p, const Tensor& grad_y,
                                     const Tensor& x, const Tensor& grad_x, GradMode m) {
   if (!on_cuda(c)) return cpu::supralinearity_backward(c, p, grad_y, x, grad_x, m);
+  if constexpr (kCudaBuilt) return cuda::supralinearity_backward(c, p, grad_y, x, grad_x, m);
   no_cuda("supralinearity_backward");
 }
 
@@ -253,6 +287,7 @@ inline void sheet_to_layer_backward(Context& c, const LocalSheetMap& m, const Te
 inline void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
                          const Tensor& tau, const Tensor& x) {
   if (!on_cuda(c)) return cpu::leak_forward(c, p, u, h, tau, x);
+  if constexpr (kCudaBuilt) return cuda::leak_forward(c, p, u, h, tau, x);
   no_cuda("leak_forward");
 }
 
@@ -260,17 +295,23 @@ inline void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x,
                           const Tensor& h, const Tensor& tau, const Tensor& grad_u,
                           const Tensor& grad_h, const Tensor& grad_tau, GradMode m) {
   if (!on_cuda(c)) return cpu::leak_backward(c, p, grad_x, u, h, tau, grad_u, grad_h, grad_tau, m);
+  if constexpr (kCudaBuilt)
+    return cuda::leak_backward(c, p, grad_x, u, h, tau, grad_u, grad_h, grad_tau, m);
   no_cuda("leak_backward");
 }
 inline void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau,
                        const Tensor& k) {
   if (!on_cuda(c)) return cpu::leak_slope(c, u, r, tau, k);
+  if constexpr (kCudaBuilt) return cuda::leak_slope(c, u, r, tau, k);
   no_cuda("leak_slope");
 }
 inline void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, const Tensor& r,
                                 const Tensor& tau, const Tensor& grad_u, const Tensor& grad_r,
                                 const Tensor& grad_tau, GradMode m) {
-  if (!on_cuda(c)) return cpu::leak_slope_backward(c, grad_k, u, r, tau, grad_u, grad_r, grad_tau, m);
+  if (!on_cuda(c))
+    return cpu::leak_slope_backward(c, grad_k, u, r, tau, grad_u, grad_r, grad_tau, m);
+  if constexpr (kCudaBuilt)
+    return cuda::leak_slope_backward(c, grad_k, u, r, tau, grad_u, grad_r, grad_tau, m);
   no_cuda("leak_slope_backward");
 }
 
@@ -299,15 +340,18 @@ inline void gaussian_noise_backward(Context& c, const Tensor& grad_y, const Tens
 inline void sgd_step(Context& c, const SgdParams& p, const Tensor& param, const Tensor& grad,
                      const Tensor& momentum_buf) {
   if (!on_cuda(c)) return cpu::sgd_step(c, p, param, grad, momentum_buf);
+  if constexpr (kCudaBuilt) return cuda::sgd_step(c, p, param, grad, momentum_buf);
   no_cuda("sgd_step");
 }
 inline void adam_step(Context& c, const AdamParams& p, const Tensor& param, const Tensor& grad,
                       const Tensor& exp_avg, const Tensor& exp_avg_sq) {
   if (!on_cuda(c)) return cpu::adam_step(c, p, param, grad, exp_avg, exp_avg_sq);
+  if constexpr (kCudaBuilt) return cuda::adam_step(c, p, param, grad, exp_avg, exp_avg_sq);
   no_cuda("adam_step");
 }
 inline double sum_squares(Context& c, const Tensor& x) {
   if (!on_cuda(c)) return cpu::sum_squares(c, x);
+  if constexpr (kCudaBuilt) return cuda::sum_squares(c, x);
   no_cuda("sum_squares");
 }
 

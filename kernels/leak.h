@@ -28,4 +28,15 @@ void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, cons
                          const Tensor& tau, const Tensor& grad_u, const Tensor& grad_r,
                          const Tensor& grad_tau, GradMode m);
 }  // namespace cpu
+namespace cuda {  // kernels/leak_cuda.cu (f32, f64)
+void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
+                  const Tensor& tau, const Tensor& x);
+void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x, const Tensor& u,
+                   const Tensor& h, const Tensor& tau, const Tensor& grad_u, const Tensor& grad_h,
+                   const Tensor& grad_tau, GradMode m);
+void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau, const Tensor& k);
+void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, const Tensor& r,
+                         const Tensor& tau, const Tensor& grad_u, const Tensor& grad_r,
+                         const Tensor& grad_tau, GradMode m);
+}  // namespace cuda
 }  // namespace dynsim

@@ -84,7 +84,7 @@ void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau,
     const bool per_sample = tau.numel() == B && B > 1;
     for (int64_t b = 0; b < B; ++b) {
       const T tb = ptau[per_sample ? b : 0];
-      for (int64_t i = b * per; i < (b + 1) * per; ++i) pk[i] = (pu[i] - pr[i]) / tb;
+      for (int64_t i = b * per; i < (b + 1) * per; ++i) pk[i] = leak_slope_value(pu[i], pr[i], tb);
     }
   });
 }
@@ -113,10 +113,10 @@ void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, cons
       const T tb = ptau[per_sample ? b : 0];
       double acc = 0;  // d k / d tau = -(u - r) / tau^2, summed in double
       for (int64_t i = b * per; i < (b + 1) * per; ++i) {
-        const T gi = pg[i] / tb;
-        if (gu) write_grad(gu[i], gi, m);
-        if (gr) write_grad(gr[i], T(-gi), m);
-        acc -= double(gi) * double(pu[i] - pr[i]) / double(tb);
+        const LeakSlopeGrad<T> d = leak_slope_grad(pg[i], pu[i], pr[i], tb);
+        if (gu) write_grad(gu[i], d.du, m);
+        if (gr) write_grad(gr[i], d.dr, m);
+        acc += d.dtau;
       }
       if (gt && per_sample) write_grad(gt[b], T(acc), m);
       total += acc;

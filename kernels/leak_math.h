@@ -60,4 +60,22 @@ DYNSIM_HD LeakGrad<T> leak_step_grad(LeakRule rule, T u, T h, bool has_h, T tau,
   return {T(1) - P, P, (h - u) * dP * da_dtau};
 }
 
+// The slope of a staged (Runge-Kutta) solver, k = (u - r) / tau, and its backward for one
+// element: grad_u = g / tau, grad_r = -g / tau and the term -(g / tau) (u - r) / tau of grad_tau
+// (returned in double: the CPU and CUDA twins sum these terms in double).
+template <class T>
+DYNSIM_HD T leak_slope_value(T u, T r, T tau) {
+  return (u - r) / tau;
+}
+template <class T>
+struct LeakSlopeGrad {
+  T du, dr;
+  double dtau;
+};
+template <class T>
+DYNSIM_HD LeakSlopeGrad<T> leak_slope_grad(T g, T u, T r, T tau) {
+  const T gi = g / tau;
+  return {gi, T(-gi), -double(gi) * double(u - r) / double(tau)};
+}
+
 }  // namespace dynsim

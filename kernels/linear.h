@@ -11,3 +11,11 @@ void linear_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Te
                      const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
                      GradMode m);
 }  // namespace dynsim::cpu
+
+namespace dynsim::cuda {  // kernels/linear_cublas.cpp (cuBLAS; f32, f64)
+void linear_forward(Context& c, const Tensor& x, const Tensor& w, const Tensor& b,
+                    const Tensor& y);
+void linear_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& w,
+                     const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
+                     GradMode m);
+}  // namespace dynsim::cuda

@@ -37,4 +37,19 @@ void mse_forward(Context& c, const Tensor& pred, const Tensor& target, const Ten
 void mse_backward(Context& c, const Tensor& grad_loss, const Tensor& pred, const Tensor& target,
                   const Tensor& grad_pred, const Tensor& grad_target, GradMode m);
 }  // namespace cpu
+namespace cuda {  // kernels/losses_cuda.cu (f32, f64)
+void cross_entropy_forward(Context& c, const CrossEntropyParams& p, const Tensor& logits,
+                           const Tensor& labels, const Tensor& loss);
+void cross_entropy_backward(Context& c, const CrossEntropyParams& p, const Tensor& grad_loss,
+                            const Tensor& logits, const Tensor& labels,
+                            const Tensor& grad_logits, GradMode m);
+void poisson_nll_forward(Context& c, const PoissonNllParams& p, const Tensor& pred,
+                         const Tensor& target, const Tensor& loss);
+void poisson_nll_backward(Context& c, const PoissonNllParams& p, const Tensor& grad_loss,
+                          const Tensor& pred, const Tensor& target, const Tensor& grad_pred,
+                          GradMode m);
+void mse_forward(Context& c, const Tensor& pred, const Tensor& target, const Tensor& loss);
+void mse_backward(Context& c, const Tensor& grad_loss, const Tensor& pred, const Tensor& target,
+                  const Tensor& grad_pred, const Tensor& grad_target, GradMode m);
+}  // namespace cuda
 }  // namespace dynsim

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/losses.h"
+#include "kernels/losses_math.h"
 #include "kernels/reduce_math.h"
 
 namespace dynsim::cpu {
@@ -35,15 +36,7 @@ int64_t count_valid_labels(const char* op, const CrossEntropyParams& p, const Te
   return valid;
 }
 
-// Row r's max logit and log(sum exp(z - max)).
-template <class T>
-void row_logsumexp(const T* z, int64_t K, double& mx, double& lse) {
-  mx = double(z[0]);
-  for (int64_t j = 1; j < K; ++j) mx = z[j] > mx ? double(z[j]) : mx;
-  double s = 0;
-  for (int64_t j = 0; j < K; ++j) s += std::exp(double(z[j]) - mx);
-  lse = std::log(s);
-}
+using loss_math::row_logsumexp;
 
 }  // namespace
 
@@ -112,15 +105,10 @@ void poisson_nll_forward(Context& c, const PoissonNllParams& p, const Tensor& pr
     if (n == 0) throw DataError(concat(op, ": pred ", pred.str(), " is empty"));
     const T *x = pred.data<T>(), *y = target.data<T>();
     const double eps = p.eps;
-    const double s = p.log_input ? blocked_sum(c, n,
-                                               [&](int64_t i) {
-                                                 const double xi = x[i];
-                                                 return std::exp(xi) - double(y[i]) * xi;
-                                               })
-                                 : blocked_sum(c, n, [&](int64_t i) {
-                                     const double xi = x[i];
-                                     return xi - double(y[i]) * std::log(xi + eps);
-                                   });
+    const bool log_input = p.log_input;
+    const double s = blocked_sum(c, n, [&](int64_t i) {
+      return loss_math::poisson_term(double(x[i]), double(y[i]), log_input, eps);
+    });
     loss.data<T>()[0] = T(s / double(n));
   });
 }
@@ -139,14 +127,11 @@ void poisson_nll_backward(Context& c, const PoissonNllParams& p, const Tensor& g
     const T *x = pred.data<T>(), *y = target.data<T>();
     T* gx = grad_pred.data<T>();
     const double scale = double(grad_loss.data<T>()[0]) / double(n), eps = p.eps;
-    if (p.log_input)
-      parallel_elements(c, n, [&](int64_t i) {
-        write_grad(gx[i], T(scale * (std::exp(double(x[i])) - double(y[i]))), m);
-      });
-    else
-      parallel_elements(c, n, [&](int64_t i) {
-        write_grad(gx[i], T(scale * (1.0 - double(y[i]) / (double(x[i]) + eps))), m);
-      });
+    const bool log_input = p.log_input;
+    parallel_elements(c, n, [&](int64_t i) {
+      const double d = loss_math::poisson_grad(double(x[i]), double(y[i]), log_input, eps);
+      write_grad(gx[i], T(scale * d), m);
+    });
   });
 }
 
@@ -159,10 +144,8 @@ void mse_forward(Context& c, const Tensor& pred, const Tensor& target, const Ten
     const int64_t n = pred.numel();
     if (n == 0) throw DataError(concat(op, ": pred ", pred.str(), " is empty"));
     const T *x = pred.data<T>(), *y = target.data<T>();
-    const double s = blocked_sum(c, n, [&](int64_t i) {
-      const double d = double(x[i]) - double(y[i]);
-      return d * d;
-    });
+    const double s = blocked_sum(
+        c, n, [&](int64_t i) { return loss_math::squared_error(double(x[i]), double(y[i])); });
     loss.data<T>()[0] = T(s / double(n));
   });
 }

@@ -33,5 +33,12 @@ void adam_step(Context& c, const AdamParams& p, const Tensor& param, const Tenso
 // sum_i x_i^2, accumulated in double.
 double sum_squares(Context& c, const Tensor& x);
 }  // namespace cpu
+namespace cuda {  // kernels/optim_cuda.cu (f32, f64)
+void sgd_step(Context& c, const SgdParams& p, const Tensor& param, const Tensor& grad,
+              const Tensor& momentum_buf);
+void adam_step(Context& c, const AdamParams& p, const Tensor& param, const Tensor& grad,
+               const Tensor& exp_avg, const Tensor& exp_avg_sq);
+double sum_squares(Context& c, const Tensor& x);
+}  // namespace cuda
 
 }  // namespace dynsim

@@ -26,4 +26,13 @@ void avgpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const
 void avgpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
                         const Tensor& grad_x, GradMode m);
 }  // namespace cpu
+namespace cuda {  // kernels/pool2d_cuda.cu (f32, f64)
+void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y,
+                       const Tensor& argmax /* i32, shape of y */);
+void maxpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
+                        const Tensor& argmax, const Tensor& grad_x, GradMode m);
+void avgpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y);
+void avgpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
+                        const Tensor& grad_x, GradMode m);
+}  // namespace cuda
 }  // namespace dynsim

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "kernels/pool2d.h"
+#include "kernels/pool2d_math.h"
 
 namespace dynsim {
 namespace {
@@ -35,19 +36,8 @@ Shape pool_output_shape(const char* op, const Pool2dParams& p, const Shape& x) {
   return Shape{x[0], x[1], (h - p.kernel_h) / p.stride_h + 1, (w - p.kernel_w) / p.stride_w + 1};
 }
 
-// Window bounds of one output index along one axis.
-struct Window {
-  int64_t begin, end;  // in-bounds part [begin, end)
-  int64_t padded;      // length clipped to the padded input (PyTorch's count_include_pad size)
-};
-inline Window window(int64_t o, int stride, int pad, int kernel, int64_t in) {
-  int64_t b = o * stride - pad;
-  int64_t e = std::min<int64_t>(b + kernel, in + pad);
-  Window r{0, 0, e - b};
-  r.begin = std::max<int64_t>(b, 0);
-  r.end = std::min<int64_t>(e, in);
-  return r;
-}
+using pool::window;
+using pool::Window;
 
 // Parallelise over planes only when there is enough work to pay for a parallel region.
 

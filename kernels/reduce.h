@@ -14,3 +14,14 @@ void sum_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, Gra
 void mean_hw_forward(Context& c, const Tensor& x, const Tensor& y);
 void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m);
 }  // namespace dynsim::cpu
+
+namespace dynsim::cuda {  // kernels/reduce_cuda.cu (f32, f64)
+void sum_all_forward(Context& c, const Tensor& x, const Tensor& y);
+void sum_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m);
+void mean_all_forward(Context& c, const Tensor& x, const Tensor& y);
+void mean_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m);
+void sum_hw_forward(Context& c, const Tensor& x, const Tensor& y);
+void sum_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m);
+void mean_hw_forward(Context& c, const Tensor& x, const Tensor& y);
+void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m);
+}  // namespace dynsim::cuda

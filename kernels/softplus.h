@@ -13,3 +13,11 @@ void softplus_backward(Context& c, const Tensor& grad_y, const Tensor& x, const 
                        const Tensor& b, const Tensor& grad_x, const Tensor& grad_a,
                        const Tensor& grad_b, GradMode m);
 }  // namespace dynsim::cpu
+
+namespace dynsim::cuda {  // kernels/softplus_cuda.cu (f32, f64)
+void softplus_forward(Context& c, const Tensor& x, const Tensor& a, const Tensor& b,
+                      const Tensor& y);
+void softplus_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& a,
+                       const Tensor& b, const Tensor& grad_x, const Tensor& grad_a,
+                       const Tensor& grad_b, GradMode m);
+}  // namespace dynsim::cuda

@@ -1,5 +1,5 @@
-// Scalar math of the parametric softplus y = a * log(1 + exp(b x)), shared by the CPU twin and
-// a future CUDA kernel. softplus(z) = max(z, 0) + log1p(exp(-|z|)) never overflows, and the
+// Scalar math of the parametric softplus y = a * log(1 + exp(b x)), shared by the CPU and CUDA
+// twins. softplus(z) = max(z, 0) + log1p(exp(-|z|)) never overflows, and the
 // sigmoid below never evaluates exp of a positive argument.
 #pragma once
 #include <cmath>

@@ -20,4 +20,10 @@ void supralinearity_forward(Context& c, const SupralinearityParams& p, const Ten
 void supralinearity_backward(Context& c, const SupralinearityParams& p, const Tensor& grad_y,
                              const Tensor& x, const Tensor& grad_x, GradMode m);
 }  // namespace cpu
+namespace cuda {  // kernels/supralinearity_cuda.cu (f32, f64)
+void supralinearity_forward(Context& c, const SupralinearityParams& p, const Tensor& x,
+                            const Tensor& y);
+void supralinearity_backward(Context& c, const SupralinearityParams& p, const Tensor& grad_y,
+                             const Tensor& x, const Tensor& grad_x, GradMode m);
+}  // namespace cuda
 }  // namespace dynsim

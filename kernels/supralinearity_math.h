@@ -1,5 +1,5 @@
-// Scalar math of DynVision's SupraLinearity (kernels/supralinearity.h), shared by the CPU twin
-// and a future CUDA kernel: x is first clamped to [-clamp, clamp] (DynVision clamps its input),
+// Scalar math of DynVision's SupraLinearity (kernels/supralinearity.h), shared by the CPU and CUDA
+// twins: x is first clamped to [-clamp, clamp] (DynVision clamps its input),
 // then f(x) = k sign(x) max(|x|, 1e-6)^n with f(0) = 0 (torch.sign(0) = 0).
 // f'(x) = k n |x|^(n-1) for 1e-6 <= |x| <= clamp, else 0 (both clamps cut the gradient there).
 #pragma once

@@ -181,18 +181,19 @@ GradCheckStats check_gradients(const CaseBuilder& build, double eps, double atol
   return stats;
 }
 
-void check_cpu_vs_cuda(const CaseBuilder& build, double rel_tol) {
-  OpCase c = build(DType::F32);
+void check_cpu_vs_cuda(const CaseBuilder& build, double rel_tol, DType t) {
+  OpCase c = build(t);
   Context cpu;
   ContextOptions o;
   o.device = Device::Cuda;
   Context gpu(o);
 
   std::vector<Tensor> din;
-  for (auto& t : c.inputs) din.push_back(gpu.to_device(t));
+  for (auto& x : c.inputs) din.push_back(gpu.to_device(x));
   std::vector<Tensor> out_cpu = c.forward(cpu, c.inputs);
   std::vector<Tensor> out_gpu = c.forward(gpu, din);
   REQUIRE(out_cpu.size() == out_gpu.size());
+  const std::string tag = concat(c.name, " (", dtype_name(t), ")");
   auto compare = [&](const Tensor& want, const Tensor& got_dev, const std::string& what) {
     Tensor got = gpu.to_host(got_dev);
     double scale = 0;
@@ -200,24 +201,33 @@ void check_cpu_vs_cuda(const CaseBuilder& build, double rel_tol) {
     require_close(got, want, rel_tol * std::max(scale, 1e-30), 0.0, what);
   };
   for (size_t k = 0; k < out_cpu.size(); ++k)
-    compare(out_cpu[k], out_gpu[k], c.name + ": output " + std::to_string(k) + " CPU vs CUDA");
+    compare(out_cpu[k], out_gpu[k], tag + ": output " + std::to_string(k) + " CPU vs CUDA");
 
   std::vector<Tensor> r, dr;
   for (size_t k = 0; k < out_cpu.size(); ++k) {
-    r.push_back(random_uniform(out_cpu[k].shape(), -1, 1, 500 + k, DType::F32));
+    const DType rt = out_cpu[k].dtype() == DType::I32 ? t : out_cpu[k].dtype();
+    r.push_back(random_uniform(out_cpu[k].shape(), -1, 1, 500 + k, rt));
     dr.push_back(gpu.to_device(r.back()));
   }
-  std::vector<Tensor> g_cpu(c.inputs.size()), g_gpu(c.inputs.size());
-  for (size_t i = 0; i < c.inputs.size(); ++i)
-    if (c.differentiable[i]) {
-      g_cpu[i] = Tensor::zeros(c.inputs[i].shape(), c.inputs[i].dtype());
-      g_gpu[i] = gpu.zeros(c.inputs[i].shape(), c.inputs[i].dtype());
-    }
-  c.backward(cpu, c.inputs, r, g_cpu, GradMode::Overwrite);
-  c.backward(gpu, din, dr, g_gpu, GradMode::Overwrite);
-  for (size_t i = 0; i < c.inputs.size(); ++i)
-    if (c.differentiable[i])
-      compare(g_cpu[i], g_gpu[i], c.name + ": d/d" + c.input_names[i] + " CPU vs CUDA");
+  for (GradMode m : {GradMode::Overwrite, GradMode::Accumulate}) {
+    const bool acc = m == GradMode::Accumulate;
+    std::vector<Tensor> g_cpu(c.inputs.size()), g_gpu(c.inputs.size());
+    for (size_t i = 0; i < c.inputs.size(); ++i)
+      if (c.differentiable[i]) {
+        // Overwrite starts from NaN (an element left unwritten shows up); Accumulate from a
+        // random prior, the same on both devices.
+        g_cpu[i] = acc ? random_uniform(c.inputs[i].shape(), -1, 1, 900 + i, c.inputs[i].dtype())
+                       : Tensor::empty(c.inputs[i].shape(), c.inputs[i].dtype());
+        if (!acc) g_cpu[i].fill(std::nan(""));
+        g_gpu[i] = gpu.to_device(g_cpu[i]);
+      }
+    c.backward(cpu, c.inputs, r, g_cpu, m);
+    c.backward(gpu, din, dr, g_gpu, m);
+    for (size_t i = 0; i < c.inputs.size(); ++i)
+      if (c.differentiable[i])
+        compare(g_cpu[i], g_gpu[i],
+                tag + (acc ? ": accumulate d/d" : ": d/d") + c.input_names[i] + " CPU vs CUDA");
+  }
 }
 
 }  // namespace dynsim::test

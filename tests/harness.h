@@ -72,9 +72,11 @@ struct GradCheckStats {
 GradCheckStats check_gradients(const CaseBuilder& build, double eps = 1e-6, double atol = 1e-5,
                                double rtol = 1e-3);
 
-// (c) The same case in f32 on the CPU and on CUDA: outputs and gradients within rel_tol
-// (relative to the largest magnitude of the CPU tensor). Call only from "gpu" test cases.
-void check_cpu_vs_cuda(const CaseBuilder& build, double rel_tol = 1e-5);
+// (c) The same case on the CPU and on CUDA in dtype t (f32 unless the CUDA twin also takes f64):
+// outputs, then gradients in Overwrite mode and in Accumulate mode onto the same random prior,
+// each within rel_tol (relative to the largest magnitude of the CPU tensor). Call only from
+// "gpu" test cases.
+void check_cpu_vs_cuda(const CaseBuilder& build, double rel_tol = 1e-5, DType t = DType::F32);
 
 // Location of the PyTorch reference arrays (tests/python/make_torch_refs.py), "" if unset.
 const std::string& torch_refs_dir();

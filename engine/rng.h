@@ -2,7 +2,7 @@
 // (seed, offset) pair gives the same stream on both. Element i of a draw uses counter
 // (offset + i, attempt); uniforms are bit-identical everywhere. Normals use Marsaglia's polar
 // method with a log built from correctly rounded +,-,*,/ only (no libm, no FMA contraction), so
-// they are bit-identical on CPU and GPU too.
+// they are bit-identical on CPU and GPU too; portable_exp is built the same way.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -51,14 +51,22 @@ DYNSIM_HD double rn_add(double a, double b) { return __dadd_rn(a, b); }
 DYNSIM_HD int64_t bits_of(double x) { return __double_as_longlong(x); }
 DYNSIM_HD double from_bits(int64_t b) { return __longlong_as_double(b); }
 #else
-DYNSIM_HD double rn_mul(double a, double b) {
-  volatile double r = a * b;  // volatile: keep the rounding step even under -ffp-contract=fast
+// The rounding step stays even under -ffp-contract=fast: the value passes through an empty asm
+// the compiler cannot see through (no cost; GCC/Clang on x86-64 and AArch64), else a volatile.
+DYNSIM_HD double rn_barrier(double r) {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+  __asm__("" : "+x"(r));
   return r;
-}
-DYNSIM_HD double rn_add(double a, double b) {
-  volatile double r = a + b;
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+  __asm__("" : "+w"(r));
   return r;
+#else
+  volatile double v = r;
+  return v;
+#endif
 }
+DYNSIM_HD double rn_mul(double a, double b) { return rn_barrier(a * b); }
+DYNSIM_HD double rn_add(double a, double b) { return rn_barrier(a + b); }
 DYNSIM_HD int64_t bits_of(double x) {
   int64_t b;
   __builtin_memcpy(&b, &x, 8);
@@ -97,6 +105,46 @@ DYNSIM_HD double portable_log(double x) {
   const double ln2_lo = 1.90821492927058770002e-10;
   const double t = rn_add(rn_mul(s, rn_add(hfsq, R)), rn_mul(de, ln2_lo));
   return rn_add(rn_mul(de, ln2_hi), rn_add(f, -rn_add(hfsq, -t)));
+}
+
+// e^x to within 0.7 ulp for normal results (about 1.3 % not correctly rounded), from basic
+// operations only: x = k ln2 + r with k = round(x / ln2), k ln2_hi exact, r = hi - lo rounded
+// once and its rounding error c kept; e^r = (1 + r) + (r^2 q(r) + c), q the Taylor series
+// 1/2! + r/3! + ... + r^11/13! (remainder < 5e-18 for |r| <= ln2 / 2), 1 + r split exactly
+// into s + e; then the exact scaling by 2^k (two steps where the result is subnormal, one
+// rounding). NaN in, NaN out; +inf above 709.8, +0 below -745.2.
+DYNSIM_HD double pow2_int(int k) { return from_bits(int64_t(k + 1023) << 52); }  // -1022..1023
+DYNSIM_HD double portable_exp(double x) {
+  if (!(x == x)) return x;
+  if (x > 709.8) return from_bits(0x7ff0000000000000LL);
+  if (x < -745.2) return 0.0;
+  const double kd = floor(rn_add(rn_mul(x, 1.4426950408889634), 0.5));
+  const double ln2_hi = 6.93147180369123816490e-01;  // as in portable_log
+  const double ln2_lo = 1.90821492927058770002e-10;
+  const double hi = rn_add(x, -rn_mul(kd, ln2_hi));  // exact (Sterbenz)
+  const double lo = rn_mul(kd, ln2_lo);
+  const double r = rn_add(hi, -lo);
+  const double c = rn_add(rn_add(hi, -r), -lo);  // r + c = hi - lo to about 2^-105
+  double q = 1.0 / 6227020800.0;                 // 1/13!
+  q = rn_add(rn_mul(q, r), 1.0 / 479001600.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 39916800.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 3628800.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 362880.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 40320.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 5040.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 720.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 120.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 24.0);
+  q = rn_add(rn_mul(q, r), 1.0 / 6.0);
+  q = rn_add(rn_mul(q, r), 0.5);
+  const double t = rn_mul(rn_mul(r, r), q);
+  const double s = rn_add(1.0, r);
+  const double e = rn_add(rn_add(1.0, -s), r);  // 1 + r = s + e exactly (|r| < 1)
+  const double y = rn_add(s, rn_add(e, rn_add(t, c)));
+  const int k = int(kd);
+  if (k > 1023) return rn_mul(rn_mul(y, pow2_int(1023)), pow2_int(k - 1023));
+  if (k < -1022) return rn_mul(rn_mul(y, pow2_int(k + 600)), pow2_int(-600));
+  return rn_mul(y, pow2_int(k));
 }
 
 // Standard normal for element `index` of the stream `seed`.

@@ -1,6 +1,8 @@
 // The LNLN ganglion-cell generator (generator.h): subunit layouts, the causal filter /
-// nonlinearity / output chain, calibration of A and theta, spikes and whole runs. Stimuli are
-// in generator_stimulus.cpp, JSON and folders in generator_io.cpp, HDF5 in generator_hdf5.cpp.
+// nonlinearity / output chain (generator_math.h's operations, which the CUDA twin shares),
+// calibration of A and theta, spikes and whole runs. Stimuli are in generator_stimulus.cpp,
+// JSON and folders in generator_io.cpp, HDF5 in generator_hdf5.cpp, the device choice in
+// generator_device.cpp.
 #include "models/retina/generator.h"
 
 #include <algorithm>
@@ -11,14 +13,11 @@
 #include "engine/errors.h"
 #include "engine/rng.h"
 #include "models/retina/generator_detail.h"
+#include "models/retina/generator_math.h"
 
 namespace dynsim::retina {
 using detail::kParallelWork;
-namespace {
-double unit_u32(uint32_t v) {
-  return (double(v) + 0.5) * (1.0 / 4294967296.0);
-}  // in (0, 1)
-}  // namespace
+using math::unit_u32;
 
 // ---- cells -----------------------------------------------------------------------------------
 
@@ -102,31 +101,21 @@ std::vector<Subunit> lattice_subunits(const LatticeSpec& l) {
   return out;
 }
 
+static_assert(int(NlKind::Relu) == math::kRelu && int(NlKind::Softplus) == math::kSoftplus &&
+                  int(NlKind::Nl3) == math::kNl3,
+              "generator_math.h numbers the nonlinearities as NlKind does");
+
+math::NlParams detail::nl_params(const Nonlinearity& f) {
+  math::NlParams p;
+  p.kind = int(f.kind);
+  p.threshold = f.threshold, p.scale = f.scale, p.power = f.power, p.beta = f.beta;
+  return p;
+}
+
+// Portable (generator_math.h): powers and softplus from portable_log / portable_exp, so the
+// CUDA twin gives the same bits.
 double Nonlinearity::operator()(double x) const {
-  switch (kind) {
-    case NlKind::Relu:
-      return x > 0 ? x : 0.0;
-    case NlKind::ThresholdQuadratic: {
-      const double d = x - threshold;
-      return d > 0 ? d * d : 0.0;
-    }
-    case NlKind::Sublinear:
-    case NlKind::Superlinear: {
-      const double p = power != 0 ? power : (kind == NlKind::Sublinear ? 0.5 : 2.0);
-      return x > 0 ? scale * std::pow(x / scale, p) : 0.0;
-    }
-    case NlKind::Softplus: {
-      const double bx = beta * x;
-      return (bx > 30 ? bx : std::log1p(std::exp(bx))) / beta;
-    }
-    case NlKind::Nl2:
-    case NlKind::Nl3: {
-      const double u = std::min(std::max(x, 0.0) / scale, 1.0);
-      return kind == NlKind::Nl2 ? scale * (1 - std::sqrt(1 - u * u))
-                                 : scale * std::sqrt(1 - (1 - u) * (1 - u));
-    }
-  }
-  return 0.0;
+  return math::apply_nl(detail::nl_params(*this), x);
 }
 
 namespace {
@@ -230,66 +219,44 @@ CellTruth build_cell(const CellSpec& spec, int H, int W, double dt) {
   return c;
 }
 
-namespace {
-
-// A cell in the form the inner loops want: sparse masks and double filter taps.
-struct Kernel {
-  std::vector<std::vector<std::pair<int64_t, double>>> mask;  // per subunit: (pixel, value) != 0
-  std::vector<std::vector<double>> k;
-  std::vector<double> w;
-  Nonlinearity f;
-};
-
-Kernel kernel_of(const CellTruth& c) {
-  Kernel K;
+math::FlatCell detail::flat_cell(const CellTruth& c) {
+  math::FlatCell f;
   const int64_t J = c.masks.dim(0), P = c.masks.dim(1) * c.masks.dim(2), L = c.filters.dim(1);
   const float* m = c.masks.data<float>();
   const float* k = c.filters.data<float>();
-  K.mask.resize(size_t(J));
-  K.k.resize(size_t(J));
+  f.J = int(J), f.L = int(L);
+  f.offsets.push_back(0);
   for (int64_t j = 0; j < J; ++j) {
     for (int64_t p = 0; p < P; ++p)
-      if (m[j * P + p] != 0) K.mask[size_t(j)].emplace_back(p, double(m[j * P + p]));
-    K.k[size_t(j)].assign(k + j * L, k + (j + 1) * L);
+      if (m[j * P + p] != 0) {
+        f.pixels.push_back(int32_t(p));
+        f.values.push_back(double(m[j * P + p]));
+      }
+    f.offsets.push_back(int32_t(f.pixels.size()));
   }
-  K.w = c.weights;
-  K.f = c.nonlinearity;
-  return K;
+  f.k.assign(k, k + J * L);
+  f.w = c.weights;
+  f.nl = nl_params(c.nonlinearity);
+  return f;
 }
 
+namespace {
+
 // s_j(t0 + i) for frames [n, P]; s is [J, T] row-major.
-void add_drives(const Kernel& K, const float* frames, int64_t n, int64_t P, double* s, int64_t T,
-                int64_t t0) {
-  const int64_t J = int64_t(K.mask.size());
-  int64_t nnz = 0;
-  for (const auto& m : K.mask) nnz += int64_t(m.size());
+void add_drives(const math::CellView& c, const float* frames, int64_t n, int64_t P, double* s,
+                int64_t T, int64_t t0) {
+  const int64_t nnz = c.offsets[c.J];
 #pragma omp parallel for schedule(static) if (n * nnz > kParallelWork)
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < J; ++j) {
-      double acc = 0;
-      for (const auto& [p, v] : K.mask[size_t(j)]) acc += v * double(frames[i * P + p]);
-      s[j * T + t0 + i] = acc;
-    }
+    for (int j = 0; j < c.J; ++j) s[j * T + t0 + i] = math::subunit_drive(c, j, frames + i * P);
 }
 
 // g(t) = sum_j w_j f((k_j * s_j)(t)), causal, zero before frame 0. Optional traces x, b [J, T].
-std::vector<double> signal_from_drives(const Kernel& K, const double* s, int64_t T, double* x_out,
-                                       double* b_out) {
-  const int64_t J = int64_t(K.mask.size());
-  std::vector<double> g(size_t(T), 0.0);
-  for (int64_t j = 0; j < J; ++j) {
-    const std::vector<double>& k = K.k[size_t(j)];
-    const int64_t L = int64_t(k.size());
-    const double* sj = s + j * T;
-    for (int64_t t = 0; t < T; ++t) {
-      double x = 0;
-      for (int64_t lag = 0; lag < L && lag <= t; ++lag) x += k[size_t(lag)] * sj[t - lag];
-      const double b = K.f(x);
-      if (x_out) x_out[j * T + t] = x;
-      if (b_out) b_out[j * T + t] = b;
-      g[size_t(t)] += K.w[size_t(j)] * b;
-    }
-  }
+std::vector<double> signal_from_drives(const math::CellView& c, const double* s, int64_t T,
+                                       double* x_out, double* b_out) {
+  std::vector<double> g(static_cast<size_t>(T));
+#pragma omp parallel for schedule(static) if (T * c.J * c.L > kParallelWork)
+  for (int64_t t = 0; t < T; ++t) g[size_t(t)] = math::signal_at(c, s, T, t, x_out, b_out);
   return g;
 }
 
@@ -305,7 +272,8 @@ void check_frames(const CellTruth& c, const Tensor& stim) {
 
 CellTrace trace_cell(const CellTruth& c, const Tensor& stim) {
   check_frames(c, stim);
-  const Kernel K = kernel_of(c);
+  const math::FlatCell f = detail::flat_cell(c);
+  const math::CellView K = f.view();
   const int64_t T = stim.dim(0), J = c.masks.dim(0);
   CellTrace tr;
   tr.s = Tensor::zeros(Shape{J, T}, DType::F64);
@@ -318,28 +286,27 @@ CellTrace trace_cell(const CellTruth& c, const Tensor& stim) {
   tr.r = Tensor::empty(Shape{T}, DType::F64);
   for (int64_t t = 0; t < T; ++t) {
     tr.g.data<double>()[t] = g[size_t(t)];
-    tr.r.data<double>()[t] = c.gain * std::max(0.0, g[size_t(t)] - c.theta);
+    tr.r.data<double>()[t] = math::rate_of(g[size_t(t)], c.gain, c.theta);
   }
   return tr;
 }
 
 Tensor noise_free_rate(const CellTruth& c, const Tensor& stim) {
   check_frames(c, stim);
-  const Kernel K = kernel_of(c);
+  const math::FlatCell f = detail::flat_cell(c);
+  const math::CellView K = f.view();
   const int64_t T = stim.dim(0), J = c.masks.dim(0);
   std::vector<double> s(size_t(J * T));
   add_drives(K, stim.data<float>(), T, stim.dim(1) * stim.dim(2), s.data(), T, 0);
   const std::vector<double> g = signal_from_drives(K, s.data(), T, nullptr, nullptr);
   Tensor r = Tensor::empty(Shape{T});
   for (int64_t t = 0; t < T; ++t)
-    r.data<float>()[t] = float(c.gain * std::max(0.0, g[size_t(t)] - c.theta));
+    r.data<float>()[t] = float(math::rate_of(g[size_t(t)], c.gain, c.theta));
   return r;
 }
 
 // ---- calibration and whole runs --------------------------------------------------------------
-namespace {
-
-void check_run(const GeneratorSpec& g) {
+void detail::check_run(const GeneratorSpec& g) {
   if (g.cells.empty()) throw ConfigError("generator: no cells");
   if (!(g.dt > 0) || g.frames < 1 || g.test_frames < 0 || (g.test_frames > 0 && g.test_trials < 1))
     throw ConfigError(concat("generator: dt ", g.dt, " (> 0), frames ", g.frames, " (>= 1), ",
@@ -348,9 +315,8 @@ void check_run(const GeneratorSpec& g) {
   detail::check_stimulus(g.stimulus);
 }
 
-// Solves A (and theta) from the generator signal over the calibration stretch, then the LIF gain.
-void calibrate(CellTruth& c, const std::vector<double>& g, int64_t skip, const GeneratorSpec& spec,
-               uint32_t cell) {
+void detail::calibrate(CellTruth& c, const std::vector<double>& g, int64_t skip,
+                       const GeneratorSpec& spec, uint32_t cell) {
   std::vector<double> v(g.begin() + skip, g.end());
   if (v.empty())
     throw ConfigError(concat("cell ", c.name, ": calibration_frames ", spec.calibration_frames,
@@ -417,16 +383,18 @@ void calibrate(CellTruth& c, const std::vector<double>& g, int64_t skip, const G
   c.lif_gain = best;
 }
 
+namespace {
+
 void calibrate_all(const GeneratorSpec& spec, std::vector<CellTruth>& cells,
                    const std::vector<size_t>& which) {
   const int64_t T = spec.calibration_frames,
                 P = int64_t(spec.stimulus.height) * spec.stimulus.width;
   int64_t skip = 0;
-  std::vector<Kernel> K;
+  std::vector<math::FlatCell> K;
   std::vector<std::vector<double>> s;
   for (size_t i : which) {
     skip = std::max<int64_t>(skip, cells[i].filters.dim(1) - 1);
-    K.push_back(kernel_of(cells[i]));
+    K.push_back(detail::flat_cell(cells[i]));
     s.emplace_back(size_t(cells[i].masks.dim(0) * std::max<int64_t>(T, 0)));
   }
   if (T <= skip)
@@ -438,11 +406,11 @@ void calibrate_all(const GeneratorSpec& spec, std::vector<CellTruth>& cells,
     const int64_t t1 = std::min(T, t0 + chunk);
     const Tensor frames = make_stimulus(spec.stimulus, seed, t0, t1);
     for (size_t q = 0; q < which.size(); ++q)
-      add_drives(K[q], frames.data<float>(), t1 - t0, P, s[q].data(), T, t0);
+      add_drives(K[q].view(), frames.data<float>(), t1 - t0, P, s[q].data(), T, t0);
   }
   for (size_t q = 0; q < which.size(); ++q) {
-    const std::vector<double> g = signal_from_drives(K[q], s[q].data(), T, nullptr, nullptr);
-    calibrate(cells[which[q]], g, skip, spec, uint32_t(which[q]));
+    const std::vector<double> g = signal_from_drives(K[q].view(), s[q].data(), T, nullptr, nullptr);
+    detail::calibrate(cells[which[q]], g, skip, spec, uint32_t(which[q]));
   }
 }
 
@@ -467,7 +435,7 @@ void respond(const GeneratorSpec& spec, const std::vector<CellTruth>& cells, con
 }  // namespace
 
 CellTruth calibrate_cell(const GeneratorSpec& spec, size_t i) {
-  check_run(spec);
+  detail::check_run(spec);
   if (i >= spec.cells.size())
     throw ConfigError(concat("calibrate_cell: cell ", i, " of ", spec.cells.size()));
   std::vector<CellTruth> cells(spec.cells.size());
@@ -477,7 +445,7 @@ CellTruth calibrate_cell(const GeneratorSpec& spec, size_t i) {
 }
 
 Recording generate(const GeneratorSpec& spec) {
-  check_run(spec);
+  detail::check_run(spec);
   Recording rec;
   rec.spec = spec;
   std::vector<size_t> all;

@@ -12,6 +12,10 @@
 
 #include "engine/tensor.h"
 
+namespace dynsim {
+class Context;
+}
+
 namespace dynsim::retina {
 
 constexpr double kFrameDt = 1.0 / 30.0;  // s (30 Hz)
@@ -220,6 +224,22 @@ struct Recording {
 Recording generate(const GeneratorSpec& spec);
 // Calibration alone: the calibrated model of cell i of spec.
 CellTruth calibrate_cell(const GeneratorSpec& spec, size_t i);
+
+// ---- the device choice (generator_device.cpp; CUDA twins in generator_cuda.cu) ---------------
+// The functions above on ctx's device. On a CPU context they are those functions. On a CUDA
+// context tensors live on the device, and every value is bit-identical to the CPU's for the same
+// arguments (one operation order, correctly rounded operations: generator_math.h):
+// checkerboard and white-noise frames, Poisson and Bernoulli counts, the noise-free rate. Natural-
+// image frames and LIF spikes (sequential in time) are made on the CPU and copied. A build
+// without CUDA cannot make a CUDA context (Context throws naming the missing backend).
+Tensor make_stimulus(Context& ctx, const StimulusSpec& spec, uint64_t stream_seed, int64_t begin,
+                     int64_t end);
+Tensor sample_spikes(Context& ctx, const Tensor& rate, const SpikeSpec& s, uint64_t stream,
+                     double dt = kFrameDt, double lif_gain = 0);
+Tensor noise_free_rate(Context& ctx, const CellTruth& c, const Tensor& stimulus);
+// A whole run with the stimulus, the calibration signals, the rates and the spikes computed on
+// ctx's device; the Recording holds host tensors, bit for bit those of generate(spec).
+Recording generate(const GeneratorSpec& spec, Context& ctx);
 
 // ---- JSON (generator_json.cpp), folders (generator_io.cpp), HDF5 (generator_hdf5.cpp) ----
 nlohmann::json spec_to_json(const GeneratorSpec& s);

@@ -7,6 +7,7 @@
 
 #include "engine/tensor.h"
 #include "models/retina/generator.h"
+#include "models/retina/generator_math.h"
 
 namespace dynsim::retina::detail {
 
@@ -15,6 +16,8 @@ namespace dynsim::retina::detail {
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 
 void check_stimulus(const StimulusSpec& s);                   // ConfigError
+void check_bernoulli(const SpikeSpec& s);                     // ConfigError
+void check_run(const GeneratorSpec& g);                       // ConfigError
 std::string read_file(const std::string& path);               // NoInputError; DataError if empty
 void check_finite(const Tensor& t, const std::string& what);  // DataError naming `what`
 void expect(bool ok, const std::string& file, const std::string& msg);  // DataError "file: msg"
@@ -22,6 +25,15 @@ void expect(bool ok, const std::string& file, const std::string& msg);  // DataE
 // only with overwrite, else IoError). On any failure the temporary folder is removed.
 void write_folder_atomic(const std::string& dir, bool overwrite,
                          const std::function<void(const std::filesystem::path&)>& fill);
+
+// A cell as generator_math.h's loops read it: sparse masks (nonzero entries in pixel order),
+// f64 filter taps, weights and the nonlinearity.
+math::NlParams nl_params(const Nonlinearity& f);
+math::FlatCell flat_cell(const CellTruth& c);
+// Solves A (and theta) of cell `cell` from its generator signal g over the calibration stretch
+// (the first `skip` frames dropped), then the LIF gain (generate's calibration, either device).
+void calibrate(CellTruth& c, const std::vector<double>& g, int64_t skip, const GeneratorSpec& spec,
+               uint32_t cell);
 
 // LIF sub-steps: n equal steps of h ms per frame, h <= max_substep_ms. ConfigError for bad
 // constants.

@@ -1,7 +1,8 @@
 // Spike generation of the retina generator (generator.h): Poisson counts by inversion of one
 // 53-bit uniform per frame, the authors' Bernoulli draws (rand < r dt, np of them), and the LIF
 // neuron with Euler sub-steps. Every draw is keyed by (stream, frame) so trials and stretches
-// never depend on generation order.
+// never depend on generation order; Poisson and Bernoulli draws are generator_math.h's, shared
+// with the CUDA twin (generator_cuda.cu) bit for bit.
 #include <algorithm>
 #include <cmath>
 
@@ -9,39 +10,10 @@
 #include "engine/rng.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"
+#include "models/retina/generator_math.h"
 
 namespace dynsim::retina {
 using detail::kParallelWork;
-namespace {
-
-// Uniforms in (0, 1) from 32 and 53 random bits.
-double unit_u32(uint32_t v) {
-  return (double(v) + 0.5) * (1.0 / 4294967296.0);
-}
-double unit_u53(uint32_t a, uint32_t b) {
-  return (double((uint64_t(a) << 21) | (b >> 11)) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-int32_t poisson_count(double lam, uint64_t stream, uint64_t t) {
-  if (!(lam > 0)) return 0;
-  if (lam > 500) {  // far beyond any retinal rate per frame: normal approximation
-    const double k = std::round(lam + std::sqrt(lam) * rng::normal(stream, t));
-    return int32_t(std::min(std::max(k, 0.0), 2e9));
-  }
-  const rng::U4 r = rng::bits(stream, t, 0);
-  const double u = unit_u53(r.v[0], r.v[1]);  // inversion: the smallest k with F(k) >= u
-  double p = std::exp(-lam), F = p;
-  int32_t k = 0;
-  const double kmax = lam + 50 + 20 * std::sqrt(lam);
-  while (u > F && k < kmax) {
-    ++k;
-    p *= lam / k;
-    F += p;
-  }
-  return k;
-}
-
-}  // namespace
 
 detail::LifSteps detail::lif_steps(const LifSpec& l, double dt) {
   if (!(l.tau_m_ms > 0) || !(l.max_substep_ms > 0) || !(l.v_th_mv > l.v_reset_mv) ||
@@ -55,6 +27,11 @@ detail::LifSteps detail::lif_steps(const LifSpec& l, double dt) {
   s.n = std::max(1, int(std::ceil(frame_ms / l.max_substep_ms - 1e-9)));
   s.h = frame_ms / s.n;
   return s;
+}
+
+void detail::check_bernoulli(const SpikeSpec& s) {
+  if (s.bernoulli_draws < 1 || s.bernoulli_draws > 64)
+    throw ConfigError(concat("spikes: bernoulli_draws ", s.bernoulli_draws, " must be in [1, 64]"));
 }
 
 Tensor sample_spikes(const Tensor& rate, const SpikeSpec& s, uint64_t stream, double dt,
@@ -72,21 +49,14 @@ Tensor sample_spikes(const Tensor& rate, const SpikeSpec& s, uint64_t stream, do
   int32_t* c = out.data<int32_t>();
   if (s.model == SpikeModel::Poisson) {
 #pragma omp parallel for schedule(static) if (T * 8 > kParallelWork)
-    for (int64_t t = 0; t < T; ++t) c[t] = poisson_count(double(r[t]) * dt, stream, uint64_t(t));
+    for (int64_t t = 0; t < T; ++t)
+      c[t] = math::poisson_count(math::rn_mul(double(r[t]), dt), stream, uint64_t(t));
   } else if (s.model == SpikeModel::Bernoulli) {
-    if (s.bernoulli_draws < 1 || s.bernoulli_draws > 64)
-      throw ConfigError(
-          concat("spikes: bernoulli_draws ", s.bernoulli_draws, " must be in [1, 64]"));
+    detail::check_bernoulli(s);
 #pragma omp parallel for schedule(static) if (T * s.bernoulli_draws * 2 > kParallelWork)
-    for (int64_t t = 0; t < T; ++t) {
-      const double p = double(r[t]) * dt;
-      int32_t k = 0;
-      for (int i = 0; i < s.bernoulli_draws; i += 4) {
-        const rng::U4 u = rng::bits(stream, uint64_t(t), uint32_t(i / 4));
-        for (int q = 0; q < 4 && i + q < s.bernoulli_draws; ++q) k += unit_u32(u.v[q]) < p;
-      }
-      c[t] = k;
-    }
+    for (int64_t t = 0; t < T; ++t)
+      c[t] = math::bernoulli_count(math::rn_mul(double(r[t]), dt), s.bernoulli_draws, stream,
+                                   uint64_t(t));
   } else {
     if (!(lif_gain >= 0) || !std::isfinite(lif_gain))
       throw ConfigError(concat("spikes: lif gain ", lif_gain, " must be >= 0"));

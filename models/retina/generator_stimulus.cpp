@@ -1,6 +1,7 @@
 // Stimuli of the retina generator (generator.h): +-c checkerboards, Gaussian white noise and
 // flashed natural-image crops, each frame a function of (stream seed, frame index) only, and
-// the image loaders (stb_image / .npy) for the natural scenes.
+// the image loaders (stb_image / .npy) for the natural scenes. Checkerboard and white-noise
+// draws are generator_math.h's, shared with the CUDA twin (generator_cuda.cu) bit for bit.
 #include <stb/stb_image.h>
 
 #include <algorithm>
@@ -12,30 +13,12 @@
 #include "engine/rng.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"
+#include "models/retina/generator_math.h"
 
 namespace dynsim::retina {
 namespace fs = std::filesystem;
 using detail::kParallelWork;
 namespace {
-
-// Two standard normals for pair `index` (Marsaglia's polar method on Philox words). std::log
-// instead of rng::normal's portable log: 6x faster, and only CPU code draws white noise here
-// (frames are reproducible on a given libm, not bit-identical to a GPU stream).
-void normal_pair(uint64_t seed, uint64_t index, double* z) {
-  for (uint32_t attempt = 0;; ++attempt) {
-    const rng::U4 r = rng::bits(seed, index, attempt);
-    for (int p = 0; p < 4; p += 2) {
-      const double u = (double(int32_t(r.v[p])) + 0.5) * (1.0 / 2147483648.0);
-      const double v = (double(int32_t(r.v[p + 1])) + 0.5) * (1.0 / 2147483648.0);
-      const double q = u * u + v * v;
-      if (q < 1.0 && q > 0.0) {
-        const double f = std::sqrt(-2.0 * std::log(q) / q);
-        z[0] = u * f, z[1] = v * f;
-        return;
-      }
-    }
-  }
-}
 
 // floor(v * n / 2^32): an index in [0, n) from 32 random bits.
 int64_t pick(uint32_t v, int64_t n) {
@@ -145,12 +128,9 @@ Tensor make_stimulus(const StimulusSpec& s, uint64_t seed, int64_t begin, int64_
 #pragma omp parallel for schedule(static) if (n * P > kParallelWork)
     for (int64_t i = 0; i < n; ++i) {
       float* f = o + i * P;
-      for (int64_t blk = 0; blk * 128 < P; ++blk) {  // 128 pixels per Philox call
-        const rng::U4 r = rng::bits(seed, uint64_t(begin + i), uint32_t(blk));
-        const int64_t m = std::min<int64_t>(128, P - blk * 128);
-        for (int64_t q = 0; q < m; ++q)
-          f[blk * 128 + q] = ((r.v[q >> 5] >> (q & 31)) & 1u) ? c : -c;
-      }
+      for (int64_t blk = 0; blk * 128 < P; ++blk)  // 128 pixels per Philox call
+        math::checker_block(seed, uint64_t(begin + i), uint32_t(blk),
+                            std::min<int64_t>(128, P - blk * 128), c, f + blk * 128);
     }
   } else if (s.kind == StimulusKind::WhiteNoise) {
 #pragma omp parallel for schedule(static) if (n * P * 8 > kParallelWork)
@@ -159,8 +139,8 @@ Tensor make_stimulus(const StimulusSpec& s, uint64_t seed, int64_t begin, int64_
       uint64_t have = ~uint64_t(0);
       for (int64_t p = 0; p < P; ++p) {
         const uint64_t g = uint64_t(begin + i) * uint64_t(P) + uint64_t(p);  // global pixel index
-        if (g / 2 != have) normal_pair(seed, have = g / 2, z);
-        o[i * P + p] = float(s.contrast * z[g % 2]);
+        if (g / 2 != have) math::normal_pair(seed, have = g / 2, z);
+        o[i * P + p] = float(math::rn_mul(s.contrast, z[g % 2]));
       }
     }
   } else {

@@ -133,3 +133,80 @@ TEST_CASE("dynsim retina: the command line, good and bad inputs") {
   CHECK(out.find("spikes.npy") != std::string::npos);
   CHECK_FALSE(fs::exists(tmp.path() / "m2"));
 }
+
+TEST_CASE("dynsim retina: bad recordings and fit.init are refused with exit codes, nothing written") {
+  TempDir tmp("dynsim_retina_bad");
+  const std::string good = (tmp.path() / "rec").string();
+  const std::string small = " --set generate.frames=3000 --set generate.calibration_frames=3000"
+                            " --set generate.test_frames=100 --set generate.test_trials=3";
+  std::string out;
+  REQUIRE(run("retina generate -q -o " + good + small, &out) == 0);
+  // Each case: a copy of the recording with one file replaced, then `fit` must fail with 65,
+  // name the problem and leave no model folder.
+  auto bad_copy = [&](const std::string& name, const std::string& file, const Tensor& t) {
+    const fs::path d = tmp.path() / name;
+    fs::copy(good, d, fs::copy_options::recursive);
+    save_npy((d / file).string(), t);
+    return d.string();
+  };
+  const Recording rec = read_recording(good);
+  const Tensor stim = rec.stimulus, spikes = rec.spikes;  // f32 [T, H, W], i32 [1, T]
+  struct Case {
+    std::string name, dir, expect;
+  };
+  std::vector<Case> cases;
+  {  // stimulus and spikes of different lengths
+    Tensor s = Tensor::zeros({spikes.dim(0), spikes.dim(1) - 7}, spikes.dtype());
+    cases.push_back({"length", bad_copy("length", "spikes.npy", s), "frames"});
+  }
+  {  // a NaN pixel in the stimulus
+    Tensor x = stim.clone();
+    x.data<float>()[12345] = std::nanf("");
+    cases.push_back({"nan", bad_copy("nan", "stimulus.npy", x), "stimulus"});
+  }
+  {  // a recording shorter than one window (20 frames of history + the target frame)
+    const fs::path d = tmp.path() / "short";
+    fs::copy(good, d, fs::copy_options::recursive);
+    REQUIRE(spikes.dim(0) == 1);
+    save_npy((d / "stimulus.npy").string(), stim.slice(0, 15).clone());
+    save_npy((d / "spikes.npy").string(), spikes.view(Shape{spikes.dim(1), 1}).slice(0, 15)
+                                              .clone().view(Shape{1, 15}));
+    fs::remove(d / "rate.npy");
+    cases.push_back({"short", d.string(), "frames"});
+  }
+  {  // an empty stimulus file
+    const fs::path d = tmp.path() / "empty";
+    fs::copy(good, d, fs::copy_options::recursive);
+    std::ofstream f(d / "stimulus.npy", std::ios::trunc);
+    cases.push_back({"empty", d.string(), "stimulus.npy"});
+  }
+  for (const Case& c : cases) {
+    CAPTURE(c.name);
+    const std::string m = (tmp.path() / ("model_" + c.name)).string();
+    CHECK(run("retina fit " + c.dir + " -q -o " + m + " --set fit.iterations=5", &out) == 65);
+    CHECK_MESSAGE(out.find(c.expect) != std::string::npos, out);
+    CHECK_FALSE(fs::exists(m));
+  }
+  // fit.init: warm start from a model of the same shape works; another K, a missing folder or
+  // another kind are config errors (78) naming fit.init.
+  const std::string m8 = (tmp.path() / "m8").string(), m4 = (tmp.path() / "m4").string();
+  const std::string ln = (tmp.path() / "ln").string();
+  const std::string quick = " -q --set fit.iterations=20 --set fit.batch=200 --set fit.threads=1";
+  REQUIRE(run("retina fit " + good + " -o " + m8 + quick, &out) == 0);
+  REQUIRE(run("retina fit " + good + " -o " + ln + " -q --set model.kind=ln", &out) == 0);
+  CHECK(run("retina fit " + good + " -o " + (tmp.path() / "warm").string() + quick +
+                " --set fit.init=" + test::shell_quote("\"" + m8 + "\""),
+            &out) == 0);
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"k4", " --set model.filters=4 --set fit.init=" + test::shell_quote("\"" + m8 + "\"")},
+      {"missing", " --set fit.init=" + test::shell_quote("\"" + m4 + "\"")},
+      {"kind", " --set fit.init=" + test::shell_quote("\"" + ln + "\"")}};
+  for (const auto& [name, args] : refused) {
+    CAPTURE(name);
+    const std::string m = (tmp.path() / ("init_" + name)).string();
+    const int rc = run("retina fit " + good + " -o " + m + quick + args, &out);
+    CHECK_MESSAGE(rc == 78, out);
+    CHECK_MESSAGE(out.find("fit.init") != std::string::npos, out);
+    CHECK_FALSE(fs::exists(m));
+  }
+}

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -10,7 +11,12 @@
 
 #include "engine/atomic_file.h"
 #include "engine/errors.h"
+#include "models/retina/figures.h"
 #include "models/retina/pipeline.h"
+
+#ifndef DYNSIM_PYTHON_SOURCE_DIR  // set by tools/CMakeLists.txt
+#define DYNSIM_PYTHON_SOURCE_DIR "tools/python"
+#endif
 
 namespace dynsim::cli {
 namespace fs = std::filesystem;
@@ -19,11 +25,11 @@ using nlohmann::json;
 struct RetinaArgs {
   CLI::App* root = nullptr;
   CLI::App *generate = nullptr, *fit = nullptr, *evaluate = nullptr, *score = nullptr,
-           *transfer = nullptr, *keys = nullptr;
+           *transfer = nullptr, *keys = nullptr, *figures = nullptr;
   std::string config, output, data, model;
   std::vector<std::string> overrides, models, datas;
-  std::string mode = "zero-shot";
-  bool overwrite = false, quiet = false;
+  std::string mode = "zero-shot", figure;
+  bool overwrite = false, quiet = false, quick = false;
 };
 
 namespace {
@@ -164,6 +170,30 @@ int do_transfer(const RetinaArgs& a) {
   return 0;
 }
 
+// Each figure: experiment -> F<n>.json + F<n>.config.toml -> F<n>.png. A figure that could not
+// be drawn keeps its JSON; the command then ends with IoError (74) naming why.
+int do_figures(const RetinaArgs& a) {
+  const std::vector<std::string> names = retina::figure_selection(a.figure);
+  const Config cfg = retina::figure_config(a.config, a.overrides, a.quick);
+  retina::prepare_output_dir(a.output);
+  retina::FigurePlotter plot;
+  const char* py = std::getenv("DYNSIM_PYTHON");
+  const char* dir = std::getenv("DYNSIM_PYTHON_DIR");
+  if (py && *py) plot.python = py;
+  plot.script_dir = dir && *dir ? dir : DYNSIM_PYTHON_SOURCE_DIR;
+  std::string failed;
+  for (const std::string& n : names) {
+    const retina::FigureFiles f =
+        retina::make_figure(n, cfg, a.output, plot, a.quiet ? nullptr : &std::cerr);
+    if (!f.plotted)
+      failed += concat("\n  ", n, ": ", f.plot_error, " (numbers kept in ", f.json, ")");
+    else if (!a.quiet)
+      std::cout << "dynsim retina figures: " << f.png << "\n";
+  }
+  if (!failed.empty()) throw IoError("retina figures: no picture drawn for" + failed);
+  return 0;
+}
+
 }  // namespace
 
 RetinaArgs* add_retina(CLI::App& app) {
@@ -205,6 +235,19 @@ RetinaArgs* add_retina(CLI::App& app) {
   a.transfer->add_option("--set", a.overrides, "override a key of the models' configs");
   a.transfer->add_option("--output,-o", a.output, "JSON file (and .csv beside it); default: CSV on stdout");
 
+  a.figures = a.root->add_subcommand(
+      "figures", "the paper's figures F1-F4, F6, F7 on synthetic cells: DIR/F<n>.json, "
+                 ".config.toml and .png (tools/python/retina_figures.py; env DYNSIM_PYTHON, "
+                 "DYNSIM_PYTHON_DIR)");
+  a.figures->add_option("--figure,-f", a.figure, "F1 | F2 | F3 | F4 | F6 | F7 | all")->required();
+  common_cfg(a.figures);
+  a.figures->add_option("--output,-o", a.output, "output folder (created; files replaced)")
+      ->required();
+  a.figures->add_flag("--quick", a.quick,
+                      "CI sizes: 8,000 frames, 150 steps of batch 250, short sweeps (seconds per "
+                      "figure); see tools/python/README.md");
+  a.figures->add_flag("--quiet,-q", a.quiet, "no progress");
+
   a.keys = a.root->add_subcommand("keys", "list every retina config key with its type and default");
   return &a;
 }
@@ -216,6 +259,7 @@ int run_retina(const RetinaArgs& a) {
   if (a.fit->parsed()) return do_fit(a);
   if (a.evaluate->parsed()) return do_evaluate(a);
   if (a.score->parsed()) return do_score(a);
+  if (a.figures->parsed()) return do_figures(a);
   if (a.keys->parsed()) {
     std::cout << retina::retina_schema().describe();
     return 0;

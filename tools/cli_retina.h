@@ -1,5 +1,5 @@
-// `dynsim retina generate | fit | evaluate | score | transfer` (thin mains over
-// models/retina/pipeline.h).
+// `dynsim retina generate | fit | evaluate | score | transfer | figures | keys` (thin mains over
+// models/retina/pipeline.h and figures.h).
 #pragma once
 #include <string>
 #include <vector>

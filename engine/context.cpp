@@ -75,6 +75,24 @@ void Context::copy(const Tensor& dst, const Tensor& src) {
   device_memcpy(dst.raw(), to_cuda, src.raw(), from_cuda, src.nbytes(),
                 (to_cuda || from_cuda) ? stream() : nullptr);
 }
+void Context::copy_rows(const Tensor& dst, int64_t dst_stride, const Tensor& src,
+                        int64_t src_stride, int64_t rows, int64_t cols) {
+  if (dst.dtype() != src.dtype())
+    throw Error(concat("copy_rows from ", src.str(), " into ", dst.str(), ": dtypes differ"));
+  if (rows <= 0 || cols <= 0) return;
+  // The last row must end inside each tensor (rows never overlap their own stride).
+  auto fits = [&](const Tensor& t, int64_t stride) {
+    return stride >= cols && (rows - 1) * stride + cols <= t.numel();
+  };
+  if (!fits(dst, dst_stride) || !fits(src, src_stride))
+    throw Error(concat("copy_rows: ", rows, " rows of ", cols, " elements (strides ", dst_stride,
+                       ", ", src_stride, ") do not fit ", dst.str(), " / ", src.str()));
+  const size_t es = dtype_size(src.dtype());
+  const bool to_cuda = dst.device() == Device::Cuda, from_cuda = src.device() == Device::Cuda;
+  device_memcpy_rows(dst.raw(), size_t(dst_stride) * es, to_cuda, src.raw(),
+                     size_t(src_stride) * es, from_cuda, size_t(cols) * es, size_t(rows),
+                     (to_cuda || from_cuda) ? stream() : nullptr);
+}
 Tensor Context::to_device(const Tensor& t) {
   Tensor r = empty(t.shape(), t.dtype());
   copy(r, t);

@@ -88,6 +88,11 @@ class Context {
   // copying (or allocating) on the CPU backend.
   Tensor host_view(const Tensor& t) { return t.is_cpu() ? t : to_host(t); }
   void copy(const Tensor& dst, const Tensor& src);  // same shape and dtype, any devices
+  // Strided copy of `rows` rows of `cols` elements (same dtype, any devices; one 2-D copy on the
+  // stream): row i of dst starts at element i * dst_stride of dst, row i of src at element
+  // i * src_stride of src. Gathers one step out of [B, T, ...] and scatters into it.
+  void copy_rows(const Tensor& dst, int64_t dst_stride, const Tensor& src, int64_t src_stride,
+                 int64_t rows, int64_t cols);
 
  private:
   ContextOptions opt_;

@@ -2,6 +2,7 @@
 // build; kernels switch in kernels/dispatch.h only.
 #include "engine/device.h"
 
+#include <atomic>
 #include <cstring>
 
 #include "engine/errors.h"
@@ -10,6 +11,40 @@
 #endif
 
 namespace dynsim {
+namespace {
+
+// The allocation counts behind device_memory(), per device index (indices past the table are
+// not counted).
+constexpr int kCountedDevices = 16;
+struct Counter {
+  std::atomic<size_t> in_use{0}, peak{0};
+};
+Counter& counter(int index) {
+  static Counter counters[kCountedDevices];
+  return counters[index];
+}
+bool counted(int index) { return index >= 0 && index < kCountedDevices; }
+[[maybe_unused]] void count_alloc(int index, size_t bytes) {
+  if (!counted(index)) return;
+  Counter& c = counter(index);
+  const size_t now = c.in_use.fetch_add(bytes) + bytes;
+  size_t p = c.peak.load();
+  while (now > p && !c.peak.compare_exchange_weak(p, now)) {
+  }
+}
+[[maybe_unused]] void count_free(int index, size_t bytes) {
+  if (counted(index)) counter(index).in_use.fetch_sub(bytes);
+}
+
+}  // namespace
+
+DeviceMemory device_memory(int index) {
+  if (!counted(index)) return {};
+  return {counter(index).in_use.load(), counter(index).peak.load()};
+}
+void reset_device_memory_peak(int index) {
+  if (counted(index)) counter(index).peak.store(counter(index).in_use.load());
+}
 
 #if DYNSIM_WITH_CUDA
 bool cuda_compiled() { return true; }
@@ -58,9 +93,13 @@ void* device_malloc(size_t bytes, int index) {
   if (e != cudaSuccess)
     throw Error(concat("cudaMalloc of ", bytes, " bytes on cuda:", index, " failed: ",
                     cudaGetErrorString(e)));
+  count_alloc(index, bytes);
   return p;
 }
-void device_free(void* p, int) noexcept { cudaFree(p); }
+void device_free(void* p, size_t bytes, int index) noexcept {
+  cudaFree(p);
+  count_free(index, bytes);
+}
 void device_memcpy(void* dst, bool dst_cuda, const void* src, bool src_cuda, size_t bytes,
                    void* stream) {
   if (!dst_cuda && !src_cuda) {
@@ -70,6 +109,38 @@ void device_memcpy(void* dst, bool dst_cuda, const void* src, bool src_cuda, siz
   auto s = static_cast<cudaStream_t>(stream);
   DYNSIM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
   if (!dst_cuda || s == nullptr) DYNSIM_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+void device_memcpy_rows(void* dst, size_t dst_pitch, bool dst_cuda, const void* src,
+                        size_t src_pitch, bool src_cuda, size_t width, size_t rows, void* stream) {
+  if (rows == 0 || width == 0) return;
+  if (!dst_cuda && !src_cuda) {
+    for (size_t i = 0; i < rows; ++i)
+      std::memcpy(static_cast<char*>(dst) + i * dst_pitch,
+                  static_cast<const char*>(src) + i * src_pitch, width);
+    return;
+  }
+  auto s = static_cast<cudaStream_t>(stream);
+  constexpr size_t kMaxPitch = (size_t(1) << 31) - 1;  // cudaMemcpy2D's pitch limit
+  if (dst_pitch <= kMaxPitch && src_pitch <= kMaxPitch) {
+    DYNSIM_CUDA_CHECK(
+        cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDefault, s));
+  } else {
+    for (size_t i = 0; i < rows; ++i)
+      DYNSIM_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + i * dst_pitch,
+                                        static_cast<const char*>(src) + i * src_pitch, width,
+                                        cudaMemcpyDefault, s));
+  }
+  if (!dst_cuda || s == nullptr) DYNSIM_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+void device_memory_info(int index, size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = *total_bytes = 0;
+  if (index < 0 || index >= cuda_device_count()) return;
+  int prev = 0;
+  DYNSIM_CUDA_CHECK(cudaGetDevice(&prev));
+  DYNSIM_CUDA_CHECK(cudaSetDevice(index));
+  const cudaError_t e = cudaMemGetInfo(free_bytes, total_bytes);
+  cudaSetDevice(prev);
+  DYNSIM_CUDA_CHECK(e);
 }
 void* cuda_stream_create(int index) {
   DYNSIM_CUDA_CHECK(cudaSetDevice(index));
@@ -101,11 +172,21 @@ int cuda_device_count() { return 0; }
 std::vector<GpuInfo> cuda_devices() { return {}; }
 std::string cuda_versions() { return "not compiled"; }
 void* device_malloc(size_t, int) { throw NotImplemented(kNoCuda); }
-void device_free(void*, int) noexcept {}
+void device_free(void*, size_t, int) noexcept {}
 void device_memcpy(void* dst, bool dst_cuda, const void* src, bool src_cuda, size_t bytes,
                    void*) {
   if (dst_cuda || src_cuda) throw NotImplemented(kNoCuda);
   std::memcpy(dst, src, bytes);
+}
+void device_memcpy_rows(void* dst, size_t dst_pitch, bool dst_cuda, const void* src,
+                        size_t src_pitch, bool src_cuda, size_t width, size_t rows, void*) {
+  if (dst_cuda || src_cuda) throw NotImplemented(kNoCuda);
+  for (size_t i = 0; i < rows; ++i)
+    std::memcpy(static_cast<char*>(dst) + i * dst_pitch,
+                static_cast<const char*>(src) + i * src_pitch, width);
+}
+void device_memory_info(int, size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = *total_bytes = 0;
 }
 void* cuda_stream_create(int) { throw NotImplemented(kNoCuda); }
 void cuda_stream_destroy(void*) noexcept {}

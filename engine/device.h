@@ -20,11 +20,26 @@ std::vector<GpuInfo> cuda_devices();
 std::string cuda_versions();  // "CUDA runtime 13.0, driver 13.0, cuDNN 9.19.0, cuBLAS 13.0.0"
 
 void* device_malloc(size_t bytes, int device_index);
-void device_free(void* p, int device_index) noexcept;
+void device_free(void* p, size_t bytes, int device_index) noexcept;
 // Copies between host and device memory (either side may be host). stream: a cudaStream_t or
 // nullptr. A copy into host memory synchronises the stream before returning.
 void device_memcpy(void* dst, bool dst_cuda, const void* src, bool src_cuda, size_t bytes,
                    void* stream);
+// `rows` rows of `width` bytes: row i goes from src + i * src_pitch to dst + i * dst_pitch (one
+// cudaMemcpy2DAsync when a side is on the device; same synchronisation as device_memcpy).
+void device_memcpy_rows(void* dst, size_t dst_pitch, bool dst_cuda, const void* src,
+                        size_t src_pitch, bool src_cuda, size_t width, size_t rows, void* stream);
+
+// Bytes held in device_malloc allocations on one device (now, and the most since the process
+// started or the last reset): the engine's tensors and scratch arenas, without the CUDA context
+// or the libraries' internal memory. A process-wide count, like the allocator it counts.
+struct DeviceMemory {
+  size_t in_use = 0, peak = 0;
+};
+DeviceMemory device_memory(int device_index);
+void reset_device_memory_peak(int device_index);
+// cudaMemGetInfo: free and total bytes of the device (all processes); {0, 0} without CUDA.
+void device_memory_info(int device_index, size_t* free_bytes, size_t* total_bytes);
 
 }  // namespace dynsim
 

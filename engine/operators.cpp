@@ -18,7 +18,9 @@ struct OperatorRunner::Impl {
   DType dtype = DType::F32;
   Conv2dParams p1, p2;
   Shape out;
-  LocalSheetMap sheet;  // Local / LocalDepthwise
+  LocalSheetMap sheet;        // Local / LocalDepthwise
+  bool scalars_read = false;  // Self: w_value, b_value hold w and b (begin_run)
+  double w_value = 0, b_value = 0;
 };
 
 namespace {
@@ -125,6 +127,14 @@ OperatorRunner::OperatorRunner(OperatorRunner&&) noexcept = default;
 
 Shape OperatorRunner::output_shape() const { return impl_->out; }
 
+void OperatorRunner::begin_run(Context& ctx) {
+  Impl& m = *impl_;
+  if (m.op.kind != OpKind::Self) return;
+  m.w_value = ctx.host_view(m.w1).item(0);
+  m.b_value = m.b1.defined() ? ctx.host_view(m.b1).item(0) : 0.0;
+  m.scalars_read = true;
+}
+
 void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
                              const Tensor& input_add, const Tensor& middle_add) {
   Impl& m = *impl_;
@@ -151,8 +161,10 @@ void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
       break;
     case OpKind::Self: {
       // DynVision: w * h, plus b only while b is nonzero (so b never trains; spec §3).
-      ops::scale(ctx, ctx.host_view(m.w1).item(0), x, dst);
-      const double b = m.b1.defined() ? ctx.host_view(m.b1).item(0) : 0.0;
+      const double w = m.scalars_read ? m.w_value : ctx.host_view(m.w1).item(0);
+      ops::scale(ctx, w, x, dst);
+      const double b =
+          m.scalars_read ? m.b_value : (m.b1.defined() ? ctx.host_view(m.b1).item(0) : 0.0);
       if (b != 0.0) {
         ops::fill(ctx, b, m.mid2);
         ops::add(ctx, dst, m.mid2, dst);

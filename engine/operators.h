@@ -17,6 +17,11 @@ class OperatorRunner {
   ~OperatorRunner();
   OperatorRunner(OperatorRunner&&) noexcept;
   Shape output_shape() const;  // [B, C, H, W] after the optional resize
+  // Reads the operator's host-side scalars (the self recurrence's w and b) once; forward then
+  // uses these values until the next begin_run instead of reading them on every call (which
+  // on CUDA is a device-to-host copy and a stream sync per step). Call it whenever the
+  // parameters may have changed (the Scheduler does, at the start of every run).
+  void begin_run(Context& ctx);
   // y = T(x [+ input_add]) with middle_add added between the stages of a TwoStage operator.
   // input_add / middle_add may be undefined. y must have output_shape().
   void forward(Context& ctx, const Tensor& x, const Tensor& y, const Tensor& input_add = {},

@@ -1,11 +1,13 @@
-// Scheduler (engine/scheduler.h): DynVision's step order (spec §4.3) over any Graph.
+// Scheduler (engine/scheduler.h): DynVision's step order (spec §4.3) over any Graph, on the
+// context's device: parameters, rings, states and the input live there, every step is ops::
+// calls, and the recording (engine/recorder.h) is read on the host once after the loop.
 #include "engine/scheduler.h"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "engine/operators.h"
+#include "engine/recorder.h"
 #include "kernels/dispatch.h"
 
 namespace dynsim {
@@ -46,10 +48,35 @@ struct Hermite {
         h11(u * u * u - u * u) {}
 };
 
-bool all_finite(const Tensor& host) {  // host tensors only (callers copy to the host first)
-  for (int64_t i = 0; i < host.numel(); ++i)
-    if (!std::isfinite(host.item(i))) return false;
-  return true;
+// Whether the parameters must be copied for a run in dtype t on ctx: a different dtype (f64
+// runs) or another device (the graph's parameters on the host, a CUDA context).
+bool params_need_copy(const Context& ctx, const ParamStore& p, DType t) {
+  for (const auto& e : p.entries())
+    if (e.value.dtype() != t || e.value.device() != ctx.device() ||
+        (ctx.device() == Device::Cuda && e.value.device_index() != ctx.device_index()))
+      return true;
+  return false;
+}
+
+// The operators (and dtypes) the CUDA backend cannot run yet, named before any work starts.
+void check_cuda_support(const Graph& g, DType t) {
+  if (t != DType::F32)
+    throw NotImplemented(concat("scheduler on CUDA: ", dtype_name(t),
+                                " runs need f64 twins of the elementwise ops (add, scale, "
+                                "relu, ...), which are f32 only; run f64 on the CPU"));
+  auto local = [](const OpSpec& op) {
+    return op.kind == OpKind::Local || op.kind == OpKind::LocalDepthwise;
+  };
+  for (const Connection& c : g.connections)
+    if (local(c.op))
+      throw NotImplemented(concat("scheduler on CUDA: connection ", c.name, " (",
+                                  op_kind_name(c.op.kind),
+                                  "): local_sheet (the cortical-sheet maps) and reflect-padded "
+                                  "conv2d have no CUDA implementation yet; run it on the CPU"));
+  if (g.input_transform.in_channels > 0 && local(g.input_transform))
+    throw NotImplemented(
+        "scheduler on CUDA: the input transform uses local_sheet, which has no "
+        "CUDA implementation yet");
 }
 
 }  // namespace
@@ -111,6 +138,7 @@ struct Scheduler::Impl {
   ButcherTableau tab;                    // staged mode
   int batch = -1;
   DType dtype = DType::F32;
+  bool params_copied = false;
   // Per area.
   std::vector<Ring> rings;
   std::vector<int> ring_size;             // slots needed
@@ -120,7 +148,8 @@ struct Scheduler::Impl {
   // Per connection.
   std::vector<OperatorRunner> runners;
   std::vector<Tensor> term;
-  // Parameters in the run's dtype: the graph's own (f32) or converted copies (f64 runs).
+  // Parameters in the run's dtype on the context's device: the graph's own, or copies (f64
+  // runs, a CUDA context) refreshed from the graph at the start of every run.
   ParamStore converted;
   ParamStore* params = nullptr;
   // Readout.
@@ -148,14 +177,17 @@ struct Scheduler::Impl {
   }
 
   void allocate(int B, DType t) {
-    if (B == batch && t == dtype) return;
+    const bool copy_params = params_need_copy(ctx, g.params, t);
+    if (B == batch && t == dtype && copy_params == params_copied) return;
+    if (ops::on_cuda(ctx)) check_cuda_support(g, t);
     batch = B;
     dtype = t;
+    params_copied = copy_params;
     params = &g.params;
-    if (!g.params.entries().empty() && g.params.entries().front().value.dtype() != t) {
+    if (copy_params) {
       converted = ParamStore();
       for (const auto& e : g.params.entries())
-        converted.add(e.name, ctx.to_device(e.value.to_dtype(t)), e.trainable);
+        converted.add(e.name, ctx.empty(e.value.shape(), t), e.trainable);
       params = &converted;
     }
     const size_t A = g.areas.size();
@@ -178,8 +210,10 @@ struct Scheduler::Impl {
       state[a] = ctx.empty(s, t);
       memory[a] = ctx.empty(s, t);
       if (ar.has_pool) pooled[a] = ctx.empty(Shape{B, ar.channels, ar.out_height(), ar.out_width()}, t);
-
     }
+    argmax_bufs.assign(A, {});
+    for (size_t a = 0; a < A; ++a)
+      if (g.areas[a].has_pool) argmax_bufs[a] = ctx.empty(pooled[a].shape(), DType::I32);
     if (staged) {
       K.assign(A, {});
       stage_r.assign(A, {});
@@ -242,6 +276,28 @@ struct Scheduler::Impl {
   }
   std::vector<const Tensor*> fwd_src;
 
+  // The graph's parameters into the run's copies (a no-op when the run uses them directly),
+  // tau anew (training changes it), the operators' host-side scalars: once per run.
+  void refresh_parameters() {
+    if (params_copied)
+      for (const auto& e : g.params.entries()) {
+        const Tensor& dst = converted.get(e.name);
+        if (e.value.dtype() == dtype) {
+          ctx.copy(dst, e.value);
+        } else {
+          const Tensor host = e.value.is_cpu() ? e.value : ctx.to_host(e.value);
+          ctx.copy(dst, host.to_dtype(dtype));
+        }
+      }
+    for (size_t a = 0; a < g.areas.size(); ++a) {
+      const Tensor th = area_tau(ctx, g, g.areas[a], batch, dtype);
+      if (!tau[a].defined() || tau[a].shape() != th.shape()) tau[a] = ctx.empty(th.shape(), dtype);
+      ctx.copy(tau[a], th);
+    }
+    for (OperatorRunner& r : runners) r.begin_run(ctx);
+    if (input_runner) input_runner->begin_run(ctx);
+  }
+
   Recording run(const Tensor& input, const RunOptions& opt) {
     if (input.rank() != 5)
       throw DataError(concat("scheduler: input must be [B, T, C, H, W], got ", input.str()));
@@ -253,44 +309,35 @@ struct Scheduler::Impl {
                              g.input_height, "x", g.input_width));
     allocate(B, input.dtype());
     const size_t A = g.areas.size();
-    for (size_t a = 0; a < A; ++a) tau[a] = ctx.to_device(area_tau(ctx, g, g.areas[a], B, dtype));
+    refresh_parameters();
     for (auto& r : rings) r.clear();
     for (auto& r : slopes) r.clear();
     initial_slope_set = false;
     std::fill(memory_present.begin(), memory_present.end(), 0);
     fwd_src.assign(A, nullptr);
+    // A host sequence on a CUDA context goes over once, not frame by frame.
+    const Tensor seq = input.device() == ctx.device() ? input : ctx.to_device(input);
 
-    Recording rec;
-    rec.steps = T;
-    for (const Area& a : g.areas) rec.areas.push_back(a.name);
-    rec.present.assign(A, std::vector<uint8_t>(size_t(T), 0));
     const int K = g.readout.source >= 0 ? g.readout.n_classes : 0;
-    rec.logits = Tensor::zeros(Shape{B, T, K}, dtype);
-    if (opt.record == RecordMode::Layer)
-      for (size_t a = 0; a < A; ++a) {
-        rec.mean_abs.push_back(Tensor::zeros(Shape{B, T}, dtype));
-        rec.std_abs.push_back(Tensor::zeros(Shape{B, T}, dtype));
-      }
-    if (opt.record == RecordMode::Full)
-      for (const Area& a : g.areas)
-        rec.rates.push_back(Tensor::zeros(Shape{B, T, a.channels, a.height, a.width}, dtype));
-
     const int64_t frame_elems = frame.numel() / B;
     const int64_t total = int64_t(opt.idle_steps) + T;
+    Recorder recorder(ctx, g, B, T, K, dtype, opt.record);
+    std::unique_ptr<StabilityProbes> probes;
+    if (opt.stability_check)
+      probes = std::make_unique<StabilityProbes>(ctx, g, total, opt.idle_steps, dtype,
+                                                 staged ? tab.name : std::string());
     bool adaption_started = false;
     std::vector<uint8_t> fwd_present(A, 0), r_present(A, 0);
+    const Tensor seq_rows = seq.view(Shape{int64_t(B) * T, frame_elems});
     for (int64_t t = 0; t < total; ++t) {
       const bool idle = t < opt.idle_steps;
       const int64_t tr = t - opt.idle_steps;  // index into the recorded sequence
-      // The frame for this step.
-      if (idle) {
+      // The frame for this step: sample b's frame tr is row b * T + tr of seq_rows.
+      if (idle)
         ops::fill(ctx, opt.non_input_value, frame);
-      } else {
-        for (int b = 0; b < B; ++b) {
-          Tensor src = input.slice(b, b + 1).view(Shape{T, frame_elems}).slice(tr, tr + 1);
-          ctx.copy(frame.slice(b, b + 1).view(Shape{1, frame_elems}), src);
-        }
-      }
+      else
+        ctx.copy_rows(frame, frame_elems, seq_rows.slice(tr, int64_t(B) * T), T * frame_elems, B,
+                      frame_elems);
       const Tensor* x_in = &frame;
       if (opt.input_adaption_weight != 0.0) {
         // First call passes the frame and stores it; later calls return w * stored (spec §7).
@@ -308,24 +355,24 @@ struct Scheduler::Impl {
       }
 
       if (staged)
-        step_staged(t, *x_in, fwd_present, r_present, opt);
+        step_staged(t, *x_in, fwd_present, r_present, probes.get());
       else
-        for (size_t a = 0; a < A; ++a) step_area(int(a), t, *x_in, fwd_present, r_present, opt);
+        for (size_t a = 0; a < A; ++a)
+          step_area(int(a), t, *x_in, fwd_present, r_present, probes.get());
 
-      if (!idle) record_step(rec, tr, r_present, opt);
-      if (K > 0 && !idle) {
-        const Tensor* v = g.readout.delivers ? forwarded(g.readout.source, fwd_present) : nullptr;
-        if (v) {
-          ops::mean_hw_forward(ctx, *v, readout_mean);
-          ops::linear_forward(ctx, readout_mean, params->get(g.readout.weight),
-                              params->get(g.readout.bias), logits_step);
-          const Tensor host = ctx.host_view(logits_step);
-          for (int b = 0; b < B; ++b)
-            for (int k = 0; k < K; ++k) rec.logits.set((int64_t(b) * T + tr) * K + k, host.item(b * K + k));
-        }
+      if (idle) continue;
+      for (size_t a = 0; a < A; ++a) recorder.rates(int(a), tr, rings[a].at(t), r_present[a]);
+      const Tensor* v =
+          K > 0 && g.readout.delivers ? forwarded(g.readout.source, fwd_present) : nullptr;
+      if (v) {
+        ops::mean_hw_forward(ctx, *v, readout_mean);
+        ops::linear_forward(ctx, readout_mean, params->get(g.readout.weight),
+                            params->get(g.readout.bias), logits_step);
+        recorder.logits(tr, logits_step);
       }
     }
-    return rec;
+    if (probes) probes->check_all();
+    return recorder.finish();
   }
 
   // Sums area a's terms into drive[a]: terms entering the feedforward operator's input or middle
@@ -386,7 +433,7 @@ struct Scheduler::Impl {
   }
 
   void step_area(int a, int64_t t, const Tensor& x_in, std::vector<uint8_t>& fwd_present,
-                 std::vector<uint8_t>& r_present, const RunOptions& opt) {
+                 std::vector<uint8_t>& r_present, StabilityProbes* probes) {
     const Area& ar = g.areas[size_t(a)];
     Tensor& u = drive[size_t(a)];
     auto read_source = [&](size_t ci) -> const Tensor* {
@@ -410,10 +457,7 @@ struct Scheduler::Impl {
         ops::scale(ctx, 1.0, x, memory[size_t(a)]);
         memory_present[size_t(a)] = 1;
       }
-      if (opt.stability_check && !all_finite(ctx.host_view(x)))
-        throw Error(concat("stability check: non-finite value in area ", ar.name, " at step ",
-                           t, " (tensor x, the state before the nonlinearity; ",
-                           t < opt.idle_steps ? "idle phase" : "real phase", ")"));
+      if (probes) probes->probe(a, t, x);
       nonlinearity(ar, x, r);
     }
     update_forwarded(a, t, present, r, fwd_present);
@@ -432,7 +476,7 @@ struct Scheduler::Impl {
       if (src) {
         fwd_present[size_t(a)] = 1;
         if (ar.has_pool) {
-          Tensor argmax = argmax_buf(a);
+          const Tensor& argmax = argmax_buf(a);
           ops::maxpool2d_forward(ctx, ar.pool, *src, pooled[size_t(a)], argmax);
         }
       }
@@ -466,7 +510,7 @@ struct Scheduler::Impl {
   }
 
   void pool_into(int a, const Tensor& src, const Tensor& dst) {
-    Tensor argmax = argmax_buf(a);
+    const Tensor& argmax = argmax_buf(a);
     ops::maxpool2d_forward(ctx, g.areas[size_t(a)].pool, src, dst, argmax);
   }
 
@@ -475,7 +519,7 @@ struct Scheduler::Impl {
   // slopes K_i = (U_i - R_i) / tau, U_i the drive from stage values (zero delay) and
   // interpolated history (delays); then r(t) = S(ReLU(r(t-1) + dt sum_i b_i K_i)).
   void step_staged(int64_t t, const Tensor& x_in, std::vector<uint8_t>& fwd_present,
-                   std::vector<uint8_t>& r_present, const RunOptions& opt) {
+                   std::vector<uint8_t>& r_present, StabilityProbes* probes) {
     const size_t A = g.areas.size();
     const double dt = g.delays.dt;
     const int S = tab.stages();
@@ -530,10 +574,7 @@ struct Scheduler::Impl {
       ops::scale(ctx, 1.0, h ? *h : zeros[a], pre[a]);
       for (int i = 0; i < S; ++i)
         if (tab.b[size_t(i)] != 0) ops::axpy(ctx, dt * tab.b[size_t(i)], K[a][size_t(i)], pre[a]);
-      if (opt.stability_check && !all_finite(ctx.host_view(pre[a])))
-        throw Error(concat("stability check: non-finite value in area ", ar.name, " at step ", t,
-                           " (tensor x, the state before the nonlinearity; solver ", tab.name,
-                           ")"));
+      if (probes) probes->probe(int(a), t, pre[a]);
       Tensor& r = rings[a].begin_write(t, true);
       nonlinearity(ar, pre[a], r);
       r_present[a] = 1;
@@ -541,58 +582,8 @@ struct Scheduler::Impl {
     }
   }
 
-  std::vector<Tensor> argmax_bufs;
-  Tensor argmax_buf(int a) {
-    if (argmax_bufs.size() != g.areas.size()) argmax_bufs.assign(g.areas.size(), {});
-    Tensor& t = argmax_bufs[size_t(a)];
-    if (!t.defined()) t = ctx.empty(pooled[size_t(a)].shape(), DType::I32);
-    return t;
-  }
-
-  void record_step(Recording& rec, int64_t tr, const std::vector<uint8_t>& r_present,
-                   const RunOptions& opt) {
-    const int B = batch, T = rec.steps;
-    for (size_t a = 0; a < g.areas.size(); ++a) {
-      rec.present[a][size_t(tr)] = r_present[a];
-      if (opt.record == RecordMode::None) continue;
-      const Tensor* r = rings[a].at(tr + opt.idle_steps);
-      if (opt.record == RecordMode::Layer) {
-        const Tensor hr = r ? ctx.host_view(*r) : Tensor();
-        const int64_t n = r ? hr.numel() / B : 0;
-        for (int b = 0; b < B; ++b) {
-          double mean = std::numeric_limits<double>::quiet_NaN(), sd = mean;
-          if (r) {
-            // Two passes over |r| of sample b: mean, then the unbiased std (torch.std's).
-            auto stats = [&](auto* p) {
-              p += int64_t(b) * n;
-              double sum = 0;
-              for (int64_t i = 0; i < n; ++i) sum += std::abs(double(p[i]));
-              mean = sum / double(n);
-              double v = 0;
-              for (int64_t i = 0; i < n; ++i) {
-                const double d = std::abs(double(p[i])) - mean;
-                v += d * d;
-              }
-              sd = n > 1 ? std::sqrt(v / double(n - 1)) : 0.0;
-            };
-            if (hr.dtype() == DType::F32)
-              stats(hr.data<float>());
-            else
-              stats(hr.data<double>());
-          }
-          rec.mean_abs[a].set(int64_t(b) * T + tr, mean);
-          rec.std_abs[a].set(int64_t(b) * T + tr, sd);
-        }
-      } else if (r) {
-        const Tensor hr = ctx.host_view(*r);
-        const int64_t per = hr.numel() / B;
-        for (int b = 0; b < B; ++b) {
-          Tensor dst = rec.rates[a].slice(b, b + 1).view(Shape{T, per}).slice(tr, tr + 1);
-          ctx.copy(dst.view(Shape{1, per}), hr.slice(b, b + 1).view(Shape{1, per}));
-        }
-      }
-    }
-  }
+  std::vector<Tensor> argmax_bufs;  // per pooled area (allocate())
+  const Tensor& argmax_buf(int a) const { return argmax_bufs[size_t(a)]; }
 };
 
 Scheduler::Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver)

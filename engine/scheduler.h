@@ -7,6 +7,10 @@
 // inputs read the source's stage value, delayed ones the source's history interpolated at the
 // stage time (cubic Hermite with stored slopes); the network starts from rest (zero history),
 // so every area is present from step 0 in that mode.
+// On a CUDA context everything lives on the device (parameters are copied there at the start of
+// every run, a host input sequence goes over once); the step loop has no host reads or syncs
+// and allocates nothing itself, and the recording is copied to the host once at the end
+// (engine/recorder.h).
 #pragma once
 #include <memory>
 #include <string>
@@ -23,11 +27,13 @@ struct RunOptions {
   int idle_steps = 0;            // steps on a frame of non_input_value before the input
   float non_input_value = 0.0f;
   RecordMode record = RecordMode::Layer;
-  bool stability_check = false;  // first non-finite state raises, naming area, step, tensor
+  // The first non-finite state raises, naming area, step, tensor (CPU: at that step; CUDA:
+  // after the loop, engine/recorder.h).
+  bool stability_check = false;
   double input_adaption_weight = 0.0;  // DynVision's InputAdaption (spec §7)
 };
 
-struct Recording {
+struct Recording {  // host tensors
   int steps = 0;
   std::vector<std::string> areas;
   std::vector<Tensor> rates;     // Full: per area [B, T, C, H, W]
@@ -56,7 +62,8 @@ class Scheduler {
  public:
   Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver = {});
   ~Scheduler();
-  // input: [B, T, C, H, W] (host or device tensor of the context's dtype).
+  // input: [B, T, C, H, W], f32 or f64 (f32 only on CUDA), on the host or the context's device.
+  // NotImplemented on CUDA for operators without CUDA twins (local recurrence).
   Recording run(const Tensor& input, const RunOptions& opt = {});
 
  private:

@@ -66,7 +66,7 @@ Storage::~Storage() {
   if (device == Device::Cpu)
     std::free(data);
   else
-    device_free(data, device_index);
+    device_free(data, bytes ? bytes : 1, device_index);
 }
 
 Tensor Tensor::empty(const Shape& s, DType t, Device d, int device_index) {

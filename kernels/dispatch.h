@@ -213,6 +213,13 @@ inline void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& gra
   if constexpr (kCudaBuilt) return cuda::mean_hw_backward(c, grad_y, grad_x, m);
   no_cuda("mean_hw_backward");
 }
+// Recording: mean and std of |x| per sample into column `column` of [B, T] tensors.
+inline void abs_mean_std(Context& c, const Tensor& x, int64_t column, const Tensor& mean,
+                         const Tensor& sd) {
+  if (!on_cuda(c)) return cpu::abs_mean_std(c, x, column, mean, sd);
+  if constexpr (kCudaBuilt) return cuda::abs_mean_std(c, x, column, mean, sd);
+  no_cuda("abs_mean_std");
+}
 inline void resize_nearest_forward(Context& c, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::resize_nearest_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::resize_nearest_forward(c, x, y);

@@ -2,6 +2,9 @@
 // of an NCHW tensor (y [N, C]). Sums accumulate in double in a fixed order (reduce_math.h), so
 // results do not depend on the thread count; backward broadcasts grad_y (divided by the count
 // for means).
+#include <algorithm>
+#include <cmath>
+
 #include "kernels/reduce.h"
 #include "kernels/reduce_math.h"
 
@@ -58,6 +61,26 @@ void hw_forward(const char* op, Context& c, const Tensor& x, const Tensor& y, bo
   });
 }
 
+// Mean and unbiased std of |x| per sample: the two passes of torch.std, in double, in order.
+template <class T>
+void abs_mean_std_t(const Context& c, const T* px, int64_t B, int64_t n, T* mean, T* sd,
+                    int64_t T_cols, int64_t column) {
+#pragma omp parallel for num_threads(c.threads()) schedule(static) if (B * n >= (1 << 15))
+  for (int64_t b = 0; b < B; ++b) {
+    const T* p = px + b * n;
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += std::abs(double(p[i]));
+    const double m = sum / double(n);
+    double v = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double d = std::abs(double(p[i])) - m;
+      v += d * d;
+    }
+    mean[b * T_cols + column] = T(m);
+    sd[b * T_cols + column] = T(n > 1 ? std::sqrt(v / double(n - 1)) : 0.0);
+  }
+}
+
 void hw_backward(const char* op, Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m,
                  bool mean) {
   with_float_type(op, grad_y, [&](auto t) {
@@ -104,5 +127,33 @@ void mean_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
 void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
   hw_backward("mean_hw_backward", c, grad_y, grad_x, m, true);
 }
+void abs_mean_std(Context& c, const Tensor& x, int64_t column, const Tensor& mean,
+                  const Tensor& sd) {
+  const char* op = "abs_mean_std";
+  with_float_type(op, x, [&](auto t) {
+    using T = decltype(t);
+    const int64_t n = check_abs_mean_std(op, x, column, mean, sd);
+    abs_mean_std_t<T>(c, x.data<T>(), x.dim(0), n, mean.data<T>(), sd.data<T>(), mean.dim(1),
+                      column);
+  });
+}
 
 }  // namespace dynsim::cpu
+
+namespace dynsim {
+int64_t check_abs_mean_std(const char* op, const Tensor& x, int64_t column, const Tensor& mean,
+                           const Tensor& sd) {
+  if (!x.defined() || x.rank() < 2)
+    throw DataError(concat(op, ": x must be [B, ...], got ", x.defined() ? x.str() : "undefined"));
+  const int64_t B = x.dim(0), n = x.numel() / std::max<int64_t>(B, 1);
+  if (n < 1) throw DataError(concat(op, ": x ", x.str(), " has empty samples"));
+  if (!mean.defined() || mean.rank() != 2 || mean.dim(0) != B)
+    throw DataError(
+        concat(op, ": mean must be [", B, ", T], got ", mean.defined() ? mean.str() : "undefined"));
+  check_arg(op, "mean", mean, x, mean.shape());
+  check_arg(op, "sd", sd, x, mean.shape());
+  if (column < 0 || column >= mean.dim(1))
+    throw DataError(concat(op, ": column ", column, " outside [0, ", mean.dim(1), ")"));
+  return n;
+}
+}  // namespace dynsim

@@ -121,4 +121,39 @@ void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, Gr
   hw_backward("mean_hw_backward", c, grad_y, grad_x, m, true);
 }
 
+// Pass 1 writes the mean of |x| per sample; pass 2 sums the squared deviations from that mean
+// (read back as stored, i.e. rounded to T: a shift of the centre by <= half an ulp, whose effect
+// on the variance is of second order) and writes the unbiased std.
+template <class T>
+void abs_mean_std_t(Context& c, const Tensor& x, int64_t n, const Tensor& mean, const Tensor& sd,
+                    int64_t column) {
+  const T* px = x.data<T>();
+  T* pm = mean.data<T>();
+  T* ps = sd.data<T>();
+  const int64_t cols = mean.dim(1), B = x.dim(0);
+  segmented_sum(
+      c, B, n, [=] __device__(int64_t i) { return fabs(double(px[i])); },
+      [=] __device__(int64_t s, double v) { pm[s * cols + column] = T(v / double(n)); });
+  segmented_sum(
+      c, B, n,
+      [=] __device__(int64_t i) {
+        const double d = fabs(double(px[i])) - double(pm[(i / n) * cols + column]);
+        return d * d;
+      },
+      [=] __device__(int64_t s, double v) {
+        ps[s * cols + column] = T(n > 1 ? sqrt(v / double(n - 1)) : 0.0);
+      });
+}
+
+void abs_mean_std(Context& c, const Tensor& x, int64_t column, const Tensor& mean,
+                  const Tensor& sd) {
+  const char* op = "abs_mean_std";
+  const bool f64 = is_f64(op, x);
+  const int64_t n = check_abs_mean_std(op, x, column, mean, sd);
+  if (f64)
+    abs_mean_std_t<double>(c, x, n, mean, sd, column);
+  else
+    abs_mean_std_t<float>(c, x, n, mean, sd, column);
+}
+
 }  // namespace dynsim::cuda

@@ -174,12 +174,13 @@ int run_simulate(const SimulateArgs& a) {
   const std::string dev = cfg.get_string("simulation.device");
   std::string device_note = "cpu";
   if (dev == "cuda") {
-    throw NotImplemented(
-        "simulation.device = 'cuda': the CUDA scheduler is not built yet (the CUDA backend "
-        "issue adds it); use 'cpu' or 'auto'");
+    co.device = Device::Cuda;  // the Context names a missing device or a build without CUDA
+    const auto gpus = cuda_devices();
+    device_note = gpus.empty() ? "cuda:0" : concat("cuda:0 (", gpus.front().name, ")");
   }
+  // auto stays on the CPU until the CUDA scheduler has been checked on a GPU (gpu suite).
   if (dev == "auto" && cuda_device_count() > 0)
-    device_note = "cpu (a CUDA device is present, but the CUDA scheduler is not built yet)";
+    device_note = "cpu (auto; set simulation.device = 'cuda' to run on the CUDA device)";
   Context ctx(co);
 
   Scheduler sched(ctx, g, models::solver_spec(cfg));

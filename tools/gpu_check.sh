@@ -2,8 +2,9 @@
 # The GPU check. On a machine with an NVIDIA GPU: builds with CUDA for that GPU, runs the whole
 # test suite including the CPU-vs-CUDA suite, compute-sanitizer memcheck and racecheck over the
 # GPU tests (where the tool exists), then the benchmarks, and writes one results file (date, GPU,
-# driver, CUDA, cuDNN, what ran and its numbers) to OUT/gpu_check_<date>.txt. Without a GPU it
-# runs the CPU part, says so, and exits 0.
+# driver, CUDA, cuDNN, what ran and its numbers, the DyRCNNx4 GPU benchmark's table) to
+# OUT/gpu_check_<date>.txt (the benchmark's JSON lines to OUT/dyrcnn_gpu_<date>.jsonl). Without a
+# GPU it runs the CPU part, says so, and exits 0.
 # Usage: tools/gpu_check.sh [--out DIR] [--deps DIR] [--build DIR]
 #   --deps DIR  header-only dependencies unpacked by tools/fetch_deps.sh (machines without apt)
 # Exit status: 0 when everything that could run passed, 1 otherwise.
@@ -70,8 +71,23 @@ if [[ $have_gpu -eq 1 ]]; then
   else
     log "compute-sanitizer: not found, skipped"
   fi
-  # 3. GPU benchmarks: none exist yet (the CUDA backend issue adds the DyRCNNx4 64/224 runs).
-  log "gpu benchmarks: none built yet"
+fi
+# 3. GPU benchmark: DyRCNNx4 forward per precision (and a training step) at 64x64 and 224x224,
+# batch 64, T = 20 (bench/dyrcnn_gpu_bench; its JSON lines go next to the report). Without a
+# device the binary says that it skipped and exits 0.
+gpu_bench="$build/bench/dyrcnn_gpu_bench"
+if [[ -x "$gpu_bench" ]]; then
+  bench_json="$out/dyrcnn_gpu_$stamp.jsonl"
+  if "$gpu_bench" --json "$bench_json" >"$build.gpu_bench.log" 2>&1; then
+    log "gpu benchmark (bench/dyrcnn_gpu_bench$([[ -s "$bench_json" ]] && echo ", $bench_json")):"
+  else
+    log "gpu benchmark: FAILED (see $build.gpu_bench.log)"
+    status=1
+  fi
+  sed 's/^/  /' "$build.gpu_bench.log" | tee -a "$report"
+else
+  log "gpu benchmark: $gpu_bench was not built"
+  status=1
 fi
 # CPU benchmark (needs /usr/bin/python3 with torch for the ratios).
 if /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then

@@ -1,6 +1,8 @@
 // sum/mean over all elements and over H, W: exact forward on small integers, double
 // accumulation of f32 inputs, thread-count independence, f64 gradient checks, CPU vs CUDA and
-// bad arguments.
+// bad arguments. abs_mean_std (the scheduler's layer recording) against plain double loops.
+#include <cmath>
+
 #include "kernels/dispatch.h"
 #include "tests/harness.h"
 
@@ -181,4 +183,83 @@ TEST_CASE("reduce: bad arguments name the op and the tensor") {
   y.fill(5);
   ops::sum_all_forward(ctx, Tensor::zeros({0}), y);
   CHECK(y.item(0) == 0.0);
+}
+
+// ---- abs_mean_std (the scheduler's layer recording) ------------------------------------------
+
+namespace {
+
+// Per sample: mean of |x| and the n - 1 std, plain double loops in order, into column `col`.
+void abs_stats_reference(const Tensor& x, int64_t col, Tensor& mean, Tensor& sd) {
+  const int64_t B = x.dim(0), n = x.numel() / B, T = mean.dim(1);
+  for (int64_t b = 0; b < B; ++b) {
+    double s = 0, v = 0;
+    for (int64_t i = 0; i < n; ++i) s += std::abs(x.item(b * n + i));
+    const double m = s / double(n);
+    for (int64_t i = 0; i < n; ++i)
+      v += (std::abs(x.item(b * n + i)) - m) * (std::abs(x.item(b * n + i)) - m);
+    mean.set(b * T + col, m);
+    sd.set(b * T + col, n > 1 ? std::sqrt(v / double(n - 1)) : 0.0);
+  }
+}
+
+CaseBuilder abs_stats_case(const Shape& s, int64_t T, int64_t col, uint64_t seed) {
+  return [=](DType t) {
+    OpCase c;
+    c.name = concat("abs_mean_std ", s.str(), " column ", col, " of ", T);
+    c.input_names = {"x"};
+    c.inputs = {random_uniform(s, -2, 2, seed, t)};
+    c.differentiable = {false};
+    c.forward = [=](Context& ctx, const std::vector<Tensor>& in) {
+      Tensor m = ctx.zeros(Shape{s[0], T}, in[0].dtype()),
+             sd = ctx.zeros(Shape{s[0], T}, in[0].dtype());
+      ops::abs_mean_std(ctx, in[0], col, m, sd);
+      return std::vector<Tensor>{m, sd};
+    };
+    c.backward = [](Context&, const std::vector<Tensor>&, const std::vector<Tensor>&,
+                    const std::vector<Tensor>&, GradMode) {};  // forward only
+    return c;
+  };
+}
+
+}  // namespace
+
+TEST_CASE("abs_mean_std: per-sample mean and n-1 std of |x| into one column, other columns kept") {
+  Context ctx;
+  for (DType t : {DType::F32, DType::F64}) {
+    const Tensor x = random_uniform({3, 4, 5, 6}, -2, 2, 11, t);
+    Tensor m = Tensor::empty({3, 7}, t), sd = Tensor::empty({3, 7}, t);
+    m.fill(-9);
+    sd.fill(-9);
+    Tensor want_m = m.clone(), want_sd = sd.clone();
+    ops::abs_mean_std(ctx, x, 4, m, sd);
+    abs_stats_reference(x, 4, want_m, want_sd);
+    require_equal(m, want_m, concat("mean (", dtype_name(t), ")"));
+    require_equal(sd, want_sd, concat("sd (", dtype_name(t), ")"));
+  }
+  // One element per sample: std 0 (torch.std would give NaN; the recording keeps 0).
+  Tensor one = Tensor::from({2, 1}, {-3.0, 0.5}), m = Tensor::zeros({2, 1}),
+         sd = Tensor::zeros({2, 1});
+  sd.fill(7);
+  ops::abs_mean_std(ctx, one, 0, m, sd);
+  CHECK(m.item(0) == 3.0);
+  CHECK(m.item(1) == 0.5);
+  CHECK(sd.item(0) == 0.0);
+  // Bad arguments name the op and the tensor.
+  Tensor x = Tensor::zeros({2, 3, 4, 4});
+  CHECK_THROWS_WITH_AS(ops::abs_mean_std(ctx, x, 5, Tensor::zeros({2, 5}), Tensor::zeros({2, 5})),
+                       doctest::Contains("abs_mean_std: column 5 outside [0, 5)"), DataError);
+  CHECK_THROWS_WITH_AS(ops::abs_mean_std(ctx, x, 0, Tensor::zeros({3, 5}), Tensor::zeros({3, 5})),
+                       doctest::Contains("abs_mean_std: mean must be [2, T]"), DataError);
+  CHECK_THROWS_WITH_AS(ops::abs_mean_std(ctx, x, 0, Tensor::zeros({2, 5}), Tensor::zeros({2, 4})),
+                       doctest::Contains("abs_mean_std: sd has shape [2,4]"), DataError);
+  CHECK_THROWS_WITH_AS(
+      ops::abs_mean_std(ctx, x, 0, Tensor::zeros({2, 5}, DType::F64), Tensor::zeros({2, 5})),
+      doctest::Contains("abs_mean_std: mean is f64"), DataError);
+}
+
+TEST_CASE("abs_mean_std: CPU vs CUDA" * doctest::test_suite("gpu")) {
+  check_cpu_vs_cuda(abs_stats_case({3, 4, 5, 6}, 7, 2, 1));
+  check_cpu_vs_cuda(abs_stats_case({2, 36, 64, 64}, 3, 0, 2));  // several parts per sample
+  check_cpu_vs_cuda(abs_stats_case({2, 36, 64, 64}, 3, 2, 3), 1e-10, DType::F64);
 }

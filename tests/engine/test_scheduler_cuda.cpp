@@ -1,0 +1,247 @@
+// The Scheduler on the context's device. On the CPU: Context::copy_rows (the step gather and
+// scatter of the recording), the layer recording equal to mean/std recomputed from the full
+// rates bit for bit, parameter copies refreshed from the graph on every run, and the staged
+// stability message. The gpu suite (Skipped without a device): whole DyRCNNx4 trajectories on
+// CUDA against the CPU (fp32, TF32 off; every area's rates at every step, the logits and the
+// layer statistics within 1e-4 of the largest CPU value) for euler, rk4 and rk4-classic, a host
+// and a device input giving the same bits, the stability check after the loop, and
+// NotImplemented for local recurrence and f64.
+#include <cmath>
+#include <cstring>
+
+#include "engine/device.h"
+#include "engine/scheduler.h"
+#include "models/dyrcnn/dyrcnn.h"
+#include "tests/harness.h"
+
+using namespace dynsim;
+using namespace dynsim::test;
+
+namespace {
+
+models::DyRCNNOptions dyrcnn(const std::string& preset, int size) {
+  models::DyRCNNOptions o;
+  o.preset = preset;
+  o.height = o.width = size;
+  o.n_classes = 10;
+  o.max_weight_init = 0.05;  // recurrence and skips that visibly matter
+  return o;
+}
+
+Context cuda_context() {
+  ContextOptions o;
+  o.device = Device::Cuda;
+  return Context(o);
+}
+
+bool no_device() {
+  if (cuda_device_count() > 0) return false;
+  MESSAGE("SKIPPED: no CUDA device");
+  return true;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+// got within rel * max|want| of want, element by element; NaN exactly where want has NaN.
+void require_rel(const Tensor& got, const Tensor& want, double rel, const std::string& what) {
+  REQUIRE_MESSAGE(got.shape() == want.shape(), what);
+  double scale = 0;
+  for (int64_t i = 0; i < want.numel(); ++i)
+    if (std::isfinite(want.item(i))) scale = std::max(scale, std::abs(want.item(i)));
+  CHECK_MESSAGE(scale > 0, what, ": all zero (the comparison would prove nothing)");
+  double worst = 0;
+  int64_t at = -1;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const double w = want.item(i), g = got.item(i);
+    if (std::isnan(w) || std::isnan(g)) {
+      REQUIRE_MESSAGE(std::isnan(w) == std::isnan(g), what, ": NaN mismatch at ", i);
+      continue;
+    }
+    if (std::abs(g - w) > worst) worst = std::abs(g - w), at = i;
+  }
+  CHECK_MESSAGE(worst <= rel * scale, what, ": max |CUDA - CPU| = ", worst, " at ", at,
+                " (relative ", worst / scale, ")");
+}
+
+}  // namespace
+
+TEST_CASE("Context::copy_rows gathers one step out of [B, T, ...] and scatters into it") {
+  Context ctx;
+  Tensor seq = Tensor::empty({2, 3, 4});  // [B, T, F]
+  for (int64_t i = 0; i < seq.numel(); ++i) seq.set(i, double(i));
+  Tensor frame = Tensor::zeros({2, 4});
+  const Tensor rows = seq.view({6, 4});
+  ctx.copy_rows(frame, 4, rows.slice(1, 6), 12, 2, 4);  // step 1 of both samples
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t f = 0; f < 4; ++f) CHECK(frame.item(b * 4 + f) == double(b * 12 + 4 + f));
+  Tensor out = Tensor::zeros({2, 3, 4});
+  ctx.copy_rows(out.view({6, 4}).slice(2, 6), 12, frame, 4, 2, 4);  // into step 2
+  for (int64_t i = 0; i < out.numel(); ++i) {
+    const int64_t b = i / 12, t = (i / 4) % 3, f = i % 4;
+    CHECK(out.item(i) == (t == 2 ? double(b * 12 + 4 + f) : 0.0));
+  }
+  CHECK_THROWS_WITH_AS(ctx.copy_rows(frame, 4, rows.slice(1, 6), 12, 3, 4),
+                       doctest::Contains("do not fit"), Error);
+  CHECK_THROWS_WITH_AS(ctx.copy_rows(frame, 4, Tensor::zeros({8}, DType::F64), 4, 2, 4),
+                       doctest::Contains("dtypes differ"), Error);
+}
+
+TEST_CASE(
+    "scheduler: the layer recording equals mean/std of |r| from the full rates, NaN while absent") {
+  models::DyRCNNOptions o = dyrcnn("DyRCNNx4", 16);
+  o.delays.t_feedforward = 2;  // one step per area: V2, V4, IT absent for the first steps
+  o.skip = false;              // (a skip would feed V4 at once)
+  Graph g = models::build_dyrcnn(o);
+  Context ctx;
+  Scheduler s(ctx, g);
+  const Tensor x = random_uniform({2, 6, 3, 16, 16}, 0, 1, 5, DType::F32);
+  RunOptions full, layer;
+  full.record = RecordMode::Full;
+  layer.record = RecordMode::Layer;
+  full.idle_steps = layer.idle_steps = 1;
+  const Recording f = s.run(x, full), l = s.run(x, layer);
+  require_equal(l.logits, f.logits, "logits of both runs");
+  int absent = 0;
+  for (size_t a = 0; a < g.areas.size(); ++a) {
+    const int64_t T = 6, n = f.rates[a].numel() / (2 * T);
+    Tensor mean = Tensor::empty({2, T}), sd = Tensor::empty({2, T});
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        if (!f.present[a][size_t(t)]) {
+          mean.set(b * T + t, NAN);
+          sd.set(b * T + t, NAN);
+          ++absent;
+          continue;
+        }
+        const int64_t at = (b * T + t) * n;
+        double s1 = 0, v = 0;
+        for (int64_t i = 0; i < n; ++i) s1 += std::abs(f.rates[a].item(at + i));
+        const double m = s1 / double(n);
+        for (int64_t i = 0; i < n; ++i) {
+          const double d = std::abs(f.rates[a].item(at + i)) - m;
+          v += d * d;
+        }
+        mean.set(b * T + t, m);
+        sd.set(b * T + t, std::sqrt(v / double(n - 1)));
+      }
+    CHECK(std::memcmp(l.mean_abs[a].raw(), mean.raw(), mean.nbytes()) == 0);  // NaN bits too
+    CHECK(std::memcmp(l.std_abs[a].raw(), sd.raw(), sd.nbytes()) == 0);
+    CHECK(l.present[a] == f.present[a]);
+  }
+  CHECK(absent > 0);
+}
+
+TEST_CASE("scheduler: parameter copies (f64 runs, CUDA) are refreshed from the graph every run") {
+  Graph g = models::build_dyrcnn(dyrcnn("DyRCNNx2", 16));
+  Context ctx;
+  Scheduler s(ctx, g);
+  const Tensor x = random_uniform({1, 4, 3, 16, 16}, 0, 1, 6, DType::F64);
+  const Recording before = s.run(x);
+  Tensor& w = g.params.get("classifier.2.weight");
+  for (int64_t i = 0; i < w.numel(); ++i) w.set(i, 2 * w.item(i));  // what training does
+  const Recording after = s.run(x);
+  Scheduler fresh(ctx, g);
+  CHECK(same_bits(after.logits, fresh.run(x).logits));
+  CHECK_FALSE(same_bits(after.logits, before.logits));
+}
+
+TEST_CASE(
+    "scheduler: the staged stability check names the solver; no CUDA context without a device") {
+  Graph g = models::build_dyrcnn(dyrcnn("DyRCNNx2", 16));
+  Context ctx;
+  Scheduler s(ctx, g, SolverSpec("rk4-classic"));
+  Tensor x = Tensor::zeros({1, 3, 3, 16, 16});
+  x.set(2 * 3 * 16 * 16 + 7, NAN);  // frame t = 2
+  RunOptions ro;
+  ro.stability_check = true;
+  CHECK_THROWS_WITH_AS(s.run(x, ro), doctest::Contains("area layer1 at step 2"), Error);
+  CHECK_THROWS_WITH_AS(s.run(x, ro), doctest::Contains("solver rk4-classic"), Error);
+  ro.stability_check = false;
+  CHECK_NOTHROW(s.run(x, ro));
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device here: the CPU-vs-CUDA scheduler cases run in the gpu suite (Skipped)");
+    CHECK_THROWS_WITH_AS(cuda_context(), doctest::Contains("CUDA device(s) found"), Error);
+  }
+}
+
+// ---- CPU vs CUDA (gpu suite) ------------------------------------------------------------------
+
+TEST_CASE("scheduler CPU vs CUDA: whole DyRCNNx4 trajectories (fp32, TF32 off)" *
+          doctest::test_suite("gpu")) {
+  if (no_device()) return;
+  struct Variant {
+    std::string solver, type, feedback;
+  };
+  // Full recurrence with skips; the self recurrence (host-read scalars) with multiplicative
+  // feedback; a staged solver (interpolated history) once.
+  const Variant variants[] = {{"euler", "full", "none"},
+                              {"euler", "self", "mul"},
+                              {"rk4", "full", "none"},
+                              {"rk4", "self", "mul"},
+                              {"rk4-classic", "full", "none"}};
+  for (const Variant& v : variants) {
+    const std::string& solver = v.solver;
+    const std::string what =
+        concat("DyRCNNx4 64x64 ", solver, " rctype ", v.type, " feedback ", v.feedback);
+    CAPTURE(what);
+    models::DyRCNNOptions o = dyrcnn("DyRCNNx4", 64);
+    o.recurrence_type = v.type;
+    o.feedback = v.feedback;
+    o.delays.t_feedback = 6;
+    Graph g = models::build_dyrcnn(o);
+    const Tensor x = random_uniform({2, 20, 3, 64, 64}, 0, 1, 9, DType::F32);
+    Context cpu;
+    Context gpu = cuda_context();
+    Scheduler sc(cpu, g, SolverSpec(solver)), sg(gpu, g, SolverSpec(solver));
+    for (RecordMode mode : {RecordMode::Full, RecordMode::Layer}) {
+      RunOptions ro;
+      ro.idle_steps = 3;
+      ro.record = mode;
+      const Recording want = sc.run(x, ro), got = sg.run(x, ro);
+      require_rel(got.logits, want.logits, 1e-4, what + ": logits");
+      for (size_t a = 0; a < g.areas.size(); ++a) {
+        CHECK(got.present[a] == want.present[a]);
+        const std::string area = what + ": " + g.areas[a].name;
+        if (mode == RecordMode::Full) {
+          require_rel(got.rates[a], want.rates[a], 1e-4, area + " rates [B, T, C, H, W]");
+        } else {
+          require_rel(got.mean_abs[a], want.mean_abs[a], 1e-4, area + " mean |r|");
+          require_rel(got.std_abs[a], want.std_abs[a], 1e-4, area + " std |r|");
+        }
+      }
+      if (mode != RecordMode::Full) continue;
+      // A device input gives the CUDA run's bits (and reruns are deterministic).
+      const Recording again = sg.run(gpu.to_device(x), ro);
+      CHECK(same_bits(again.logits, got.logits));
+      for (size_t a = 0; a < got.rates.size(); ++a) CHECK(same_bits(again.rates[a], got.rates[a]));
+    }
+  }
+}
+
+TEST_CASE("scheduler on CUDA: stability check after the loop; local recurrence and f64 refused" *
+          doctest::test_suite("gpu")) {
+  if (no_device()) return;
+  Context gpu = cuda_context();
+  Graph g = models::build_dyrcnn(dyrcnn("DyRCNNx2", 16));
+  Tensor x = Tensor::zeros({1, 3, 3, 16, 16});
+  x.set(3 * 16 * 16 + 5, INFINITY);  // frame t = 1
+  for (const std::string solver : {"euler", "rk4-classic"}) {
+    Scheduler s(gpu, g, SolverSpec(solver));
+    RunOptions ro;
+    ro.stability_check = true;
+    CHECK_THROWS_WITH_AS(s.run(x, ro), doctest::Contains("area layer1 at step 1"), Error);
+    ro.stability_check = false;
+    CHECK_NOTHROW(s.run(x, ro));
+  }
+  models::DyRCNNOptions local = dyrcnn("DyRCNNx2", 16);
+  local.recurrence_type = "local";
+  Graph gl = models::build_dyrcnn(local);
+  Scheduler sl(gpu, gl);
+  CHECK_THROWS_WITH_AS(sl.run(x), doctest::Contains("local_sheet"), NotImplemented);
+  Scheduler s64(gpu, g);
+  CHECK_THROWS_WITH_AS(s64.run(x.to_dtype(DType::F64)), doctest::Contains("f64 runs"),
+                       NotImplemented);
+}

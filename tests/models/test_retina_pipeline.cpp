@@ -210,3 +210,29 @@ TEST_CASE("dynsim retina: bad recordings and fit.init are refused with exit code
     CHECK_FALSE(fs::exists(m));
   }
 }
+
+TEST_CASE("retina pipeline: fit.restarts keeps the restart with the best validation CC") {
+  const Recording rec = generate(generator_spec(cfg({"generate.frames=4000"})));
+  const Config c = cfg({"fit.iterations=30", "fit.batch=200", "fit.restarts=3"});
+  const RetinaModel m = fit_model(c, rec);
+  const auto& runs = m.fit["restarts"];
+  REQUIRE(runs.size() == 3);
+  double best = -1;
+  int arg = -1;
+  for (const auto& r : runs)
+    if (r["best_val_cc"].get<double>() > best) best = r["best_val_cc"].get<double>(), arg = r["restart"].get<int>();
+  CHECK(m.fit["restart"].get<int>() == arg);
+  CHECK(m.fit["best_val_cc"].get<double>() == best);
+  // The restarts differ (seeds model.seed + r, fit.seed + r), and restart r alone reproduces
+  // the kept model's weights.
+  CHECK(runs[0]["best_val_cc"].get<double>() != runs[1]["best_val_cc"].get<double>());
+  const RetinaModel alone =
+      fit_model(cfg({"fit.iterations=30", "fit.batch=200", "model.seed=" + std::to_string(arg),
+                     "fit.seed=" + std::to_string(arg)}),
+                rec);
+  const Tensor a = m.cnn.params.get("conv0.weight"), b = alone.cnn.params.get("conv0.weight");
+  REQUIRE(a.numel() == b.numel());
+  for (int64_t i = 0; i < a.numel(); ++i) REQUIRE(a.item(i) == b.item(i));
+  CHECK_THROWS_WITH_AS(fit_model(cfg({"fit.restarts=2", "fit.init=\"x\""}), rec),
+                       doctest::Contains("fit.restarts"), ConfigError);
+}

@@ -133,13 +133,7 @@ int do_transfer(const RetinaArgs& a) {
         if (m.kind != "yan" && m.kind != "deep_retina")
           throw UsageError(concat("--mode ", a.mode, " needs a CNN model; ", mp, " is ", m.kind));
         const Config cfg = model_config(mp, a.overrides);
-        retina::CnnFitOptions o;
-        o.batch_size = int(cfg.get_int("fit.batch"));
-        o.max_iterations = cfg.get_int("fit.iterations");
-        o.lr = cfg.get_double("fit.lr");
-        o.validate_every = int(cfg.get_int("fit.validate_every"));
-        o.seed = uint64_t(cfg.get_int("fit.seed"));
-        o.threads = int(cfg.get_int("fit.threads"));
+        const retina::CnnFitOptions o = retina::fit_options(cfg);
         Tensor y = Tensor::empty(Shape{1, rec.spikes.dim(1)});
         for (int64_t t = 0; t < rec.spikes.dim(1); ++t) y.set(t, rec.spikes.item(t));
         m.cnn = retina::with_new_readout(m.cnn, 1, o.seed + 17);

@@ -52,22 +52,6 @@ RetinaModel fit(const Config& cfg, const Recording& rec, const std::vector<std::
   return m;
 }
 
-CnnFitOptions fit_options(const Config& cfg) {
-  CnnFitOptions o;  // as fit_model reads them (fit.restarts and fit.init do not apply)
-  o.batch_size = int(cfg.get_int("fit.batch"));
-  o.max_iterations = cfg.get_int("fit.iterations");
-  o.max_epochs = int(cfg.get_int("fit.epochs"));
-  o.lr = cfg.get_double("fit.lr");
-  o.validation_fraction = cfg.get_double("fit.validation_fraction");
-  o.validate_every = int(cfg.get_int("fit.validate_every"));
-  o.min_delta = cfg.get_double("fit.min_delta");
-  o.snapshot_after = cfg.get_int("fit.snapshot_after");
-  o.patience = int(cfg.get_int("fit.patience"));
-  o.seed = uint64_t(cfg.get_int("fit.seed"));
-  o.threads = int(cfg.get_int("fit.threads"));
-  return o;
-}
-
 std::vector<std::string> seed_overrides(const Config& cfg, int i) {
   return {concat("model.seed=", cfg.get_int("model.seed") + i),
           concat("fit.seed=", cfg.get_int("fit.seed") + i)};

@@ -23,8 +23,6 @@ Recording generate_first_cell(const Config& cfg, std::ostream* log, const std::s
 // fit_model on cell 0 of rec with overrides, one log line "tag: kind ... s, CC ...".
 RetinaModel fit(const Config& cfg, const Recording& rec, const std::vector<std::string>& overrides,
                 std::ostream* log, const std::string& tag);
-// The CnnFitOptions fit_model builds from cfg's fit.* keys (for readout refits).
-CnnFitOptions fit_options(const Config& cfg);
 // Seed overrides of repeat i (model.seed and fit.seed + i).
 std::vector<std::string> seed_overrides(const Config& cfg, int i);
 

@@ -248,6 +248,22 @@ GeneratorSpec generator_spec(const Config& cfg) {
   return g;
 }
 
+CnnFitOptions fit_options(const Config& cfg) {
+  CnnFitOptions o;
+  o.batch_size = int(cfg.get_int("fit.batch"));
+  o.max_iterations = cfg.get_int("fit.iterations");
+  o.max_epochs = int(cfg.get_int("fit.epochs"));
+  o.lr = cfg.get_double("fit.lr");
+  o.validation_fraction = cfg.get_double("fit.validation_fraction");
+  o.validate_every = int(cfg.get_int("fit.validate_every"));
+  o.min_delta = cfg.get_double("fit.min_delta");
+  o.snapshot_after = cfg.get_int("fit.snapshot_after");
+  o.patience = int(cfg.get_int("fit.patience"));
+  o.seed = uint64_t(cfg.get_int("fit.seed"));
+  o.threads = int(cfg.get_int("fit.threads"));
+  return o;
+}
+
 namespace {
 // fit.init: the CNN of a saved model, refused unless it has this fit's kind, cells and shapes.
 CnnModel initial_cnn(const Config& cfg, const std::string& dir, const RetinaModel& m,
@@ -294,17 +310,7 @@ RetinaModel fit_model(const Config& cfg, const Recording& rec, std::ostream* log
     const int restarts = int(cfg.get_int("fit.restarts"));
     if (!init.empty() && restarts > 1)
       cfg.fail("fit.restarts", "restarts draw new initial weights; with fit.init set use 1");
-    CnnFitOptions o;
-    o.batch_size = int(cfg.get_int("fit.batch"));
-    o.max_iterations = cfg.get_int("fit.iterations");
-    o.max_epochs = int(cfg.get_int("fit.epochs"));
-    o.lr = cfg.get_double("fit.lr");
-    o.validation_fraction = cfg.get_double("fit.validation_fraction");
-    o.validate_every = int(cfg.get_int("fit.validate_every"));
-    o.min_delta = cfg.get_double("fit.min_delta");
-    o.snapshot_after = cfg.get_int("fit.snapshot_after");
-    o.patience = int(cfg.get_int("fit.patience"));
-    o.threads = int(cfg.get_int("fit.threads"));
+    CnnFitOptions o = fit_options(cfg);
     const CnnData data{rec.stimulus, counts_f32(rec, m.cells)};
     // Restart r: initial weights from model.seed + r, batches and noise from fit.seed + r; the
     // restart with the best validation CC is kept (ties: the earliest).

@@ -34,6 +34,10 @@ struct RetinaModel {
   bool predicts() const { return kind != "stnmf"; }
 };
 
+// The CNN training options of cfg's fit.* keys (fit.restarts and fit.init are fit_model's own):
+// what fit_model uses, and what readout refits and fine-tunes of a model should use.
+CnnFitOptions fit_options(const Config& cfg);
+
 // Fits the model of cfg ([model], [fit], [ln], [stnmf]) to rec. log gets progress lines.
 RetinaModel fit_model(const Config& cfg, const Recording& rec, std::ostream* log = nullptr);
 // Model folders: written atomically (a temporary sibling renamed into place).

@@ -3,6 +3,7 @@
 // and subunit scoring; and the `dynsim retina` command line on good and bad inputs.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -197,6 +198,20 @@ TEST_CASE("dynsim retina: bad recordings and fit.init are refused with exit code
   CHECK(run("retina fit " + good + " -o " + (tmp.path() / "warm").string() + quick +
                 " --set fit.init=" + test::shell_quote("\"" + m8 + "\""),
             &out) == 0);
+  // Transfer with a refit of the readout and a full fine-tune of the yan model (fit.* keys of
+  // the model's config, overridable): a 1 x 1 matrix of a finite CC each.
+  for (const std::string mode : {"readout", "finetune"}) {
+    CAPTURE(mode);
+    const std::string tj = (tmp.path() / ("t_" + mode + ".json")).string();
+    REQUIRE(run("retina transfer --models " + m8 + " --data " + good + " --mode " + mode +
+                    " --set fit.iterations=10 --set fit.batch=200 --set fit.threads=1 -o " + tj,
+                &out) == 0);
+    std::ifstream tf(tj);
+    const nlohmann::json t = nlohmann::json::parse(tf);
+    REQUIRE(t["matrix"].size() == 1);
+    CHECK(std::isfinite(t["matrix"][0][0].get<double>()));
+    CHECK(t["mode"] == mode);
+  }
   const std::vector<std::pair<std::string, std::string>> refused = {
       {"k4", " --set model.filters=4 --set fit.init=" + test::shell_quote("\"" + m8 + "\"")},
       {"missing", " --set fit.init=" + test::shell_quote("\"" + m4 + "\"")},

@@ -5,7 +5,11 @@
 // plan cache; algorithms come from cuDNN's heuristics (no timing runs, so the choice is the same
 // on every run), deterministic ones only when the context asks, and for fp32 without tensor-op
 // (TF32) math unless the context's precision allows it. Workspace comes from ctx.scratch().
-// cuDNN has no reflect padding: such a call throws NotImplemented.
+// Reflect padding (cuDNN has none) runs as a zero-padded conv on a padded copy of x
+// (kernels/pad.h): forward pads x into scratch and convolves it unpadded; dgrad writes the
+// padded input's gradient into scratch and folds it back onto the mirrored pixels (a gather);
+// wgrad runs on the padded copy; the bias gradient is unchanged. The padded buffers and the
+// workspace share one scratch block, so steady state allocates nothing.
 #include <algorithm>
 #include <climits>
 #include <memory>
@@ -13,6 +17,7 @@
 
 #include "engine/cuda_check.h"
 #include "kernels/conv2d.h"
+#include "kernels/pad.h"
 
 namespace dynsim::cuda {
 namespace {
@@ -50,10 +55,6 @@ int as_int(const char* op, const char* what, int64_t v) {
 
 // Checks the arguments like the CPU twin and returns y's shape.
 Shape check_problem(const char* op, const Conv2dParams& p, const Tensor& x, const Tensor& w) {
-  if (p.pad_mode == PadMode::Reflect)
-    throw NotImplemented(concat(op,
-                                ": reflect padding has no cuDNN implementation (CUDA "
-                                "conv2d supports zero padding only)"));
   if (!x.defined()) throw DataError(concat(op, ": x is undefined"));
   if (x.device() != Device::Cuda) throw DataError(concat(op, ": CUDA op got ", x.str()));
   if (x.dtype() != DType::F32 && x.dtype() != DType::F64)
@@ -68,21 +69,48 @@ Shape check_problem(const char* op, const Conv2dParams& p, const Tensor& x, cons
   return ys;
 }
 
-ConvPlan& plan_for(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
+// The problem cuDNN sees: x itself with zero padding, or for reflect padding the padded copy of
+// x (reflect_pad_shape) with no padding.
+struct CudnnProblem {
+  Conv2dParams p;
+  Shape xs;
+  bool reflect = false;
+  size_t padded_bytes = 0;  // the padded copy of x (reflect only)
+};
+
+CudnnProblem cudnn_problem(const char* op, const Conv2dParams& p, const Tensor& x) {
+  CudnnProblem q{p, x.shape()};
+  if (p.pad_mode != PadMode::Reflect || (p.pad_h == 0 && p.pad_w == 0)) return q;
+  q.reflect = true;
+  q.xs = reflect_pad_shape(op, "x", p.pad_h, p.pad_w, x.shape());
+  if (q.xs.numel() > INT_MAX)
+    throw NotImplemented(concat(op, ": the reflect-padded input ", q.xs.str(),
+                                " has more than 2^31 elements (cuDNN's legacy API limit; split "
+                                "the batch)"));
+  q.padded_bytes = size_t(q.xs.numel()) * dtype_size(x.dtype());
+  q.p.pad_h = q.p.pad_w = 0;
+  q.p.pad_mode = PadMode::Zeros;
+  return q;
+}
+
+// Rounds a buffer's size up to 256 bytes, so that the buffers sharing one scratch block stay
+// aligned as cuDNN and the kernels expect.
+size_t align_up(size_t n) {
+  return (n + 255) / 256 * 256;
+}
+
+ConvPlan& plan_for(Context& c, const Conv2dParams& p, DType dtype, const Shape& xs, const Shape& ws,
                    const Shape& ys) {
-  const bool f64 = x.dtype() == DType::F64;
+  const bool f64 = dtype == DType::F64;
   const bool tensor_ops = !f64 && c.precision() != Precision::FP32;
   const bool det = c.options().deterministic;
-  const std::string key =
-      concat("conv2d ", dtype_name(x.dtype()), " x", x.shape().str(), " w", w.shape().str(), " s",
-             p.stride_h, ",", p.stride_w, " p", p.pad_h, ",", p.pad_w, " g", p.groups,
-             tensor_ops ? " tf32" : " fma", det ? " det" : "");
+  const std::string key = concat("conv2d ", dtype_name(dtype), " x", xs.str(), " w", ws.str(), " s",
+                                 p.stride_h, ",", p.stride_w, " p", p.pad_h, ",", p.pad_w, " g",
+                                 p.groups, tensor_ops ? " tf32" : " fma", det ? " det" : "");
   return c.plans().get_or_create<ConvPlan>(key, [&] {
     auto pl = std::make_shared<ConvPlan>();
     const char* op = "conv2d (cuDNN)";
     const cudnnDataType_t dt = f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
-    const Shape& xs = x.shape();
-    const Shape& ws = w.shape();
     pl->key = key;
     pl->tensor_ops = tensor_ops;
     pl->deterministic = det;
@@ -181,12 +209,24 @@ void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Te
   if (b.defined()) check_arg(op, "b", b, x, Shape{w.dim(0)});
   check_arg(op, "y", y, x, ys);
   if (ys.numel() == 0) return;
+  const CudnnProblem q = cudnn_problem(op, p, x);
   auto h = static_cast<cudnnHandle_t>(c.cudnn());
-  ConvPlan& pl = plan_for(c, p, x, w, ys);
+  ConvPlan& pl = plan_for(c, q.p, x.dtype(), q.xs, w.shape(), ys);
   choose_forward(h, pl);
-  const Scalars s(x.dtype() == DType::F64);
-  void* ws = pl.fwd_ws ? c.scratch().get(pl.fwd_ws) : nullptr;
-  CUDNN_CHECK(cudnnConvolutionForward(h, s.one(), pl.x, x.raw(), pl.w, w.raw(), pl.conv, pl.fwd, ws,
+  const bool f64 = x.dtype() == DType::F64;
+  const Scalars s(f64);
+  // One scratch block: [reflect-padded x][workspace].
+  const size_t xp_bytes = q.reflect ? align_up(q.padded_bytes) : 0;
+  const size_t total = xp_bytes + pl.fwd_ws;
+  char* block = total ? static_cast<char*>(c.scratch().get(total)) : nullptr;
+  const void* xin = x.raw();
+  if (q.reflect) {
+    reflect_pad_forward_raw(c, f64, x.dim(0) * x.dim(1), x.dim(2), x.dim(3), p.pad_h, p.pad_w,
+                            x.raw(), block);
+    xin = block;
+  }
+  void* ws = pl.fwd_ws ? block + xp_bytes : nullptr;
+  CUDNN_CHECK(cudnnConvolutionForward(h, s.one(), pl.x, xin, pl.w, w.raw(), pl.conv, pl.fwd, ws,
                                       pl.fwd_ws, s.zero(), pl.y, y.raw()));
   if (b.defined())
     CUDNN_CHECK(cudnnAddTensor(h, s.one(), pl.bias, b.raw(), s.one(), pl.y, y.raw()));
@@ -208,22 +248,44 @@ void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& grad_y, co
         if (t->defined()) DYNSIM_CUDA_CHECK(cudaMemsetAsync(t->raw(), 0, t->nbytes(), stream));
     return;
   }
+  const CudnnProblem q = cudnn_problem(op, p, x);
   auto h = static_cast<cudnnHandle_t>(c.cudnn());
-  ConvPlan& pl = plan_for(c, p, x, w, ys);
+  ConvPlan& pl = plan_for(c, q.p, x.dtype(), q.xs, w.shape(), ys);
   if (grad_x.defined()) choose_data(h, pl);
   if (grad_w.defined()) choose_filter(h, pl);
   const size_t ws_bytes =
       std::max(grad_x.defined() ? pl.data_ws : 0, grad_w.defined() ? pl.filter_ws : 0);
-  void* ws = ws_bytes ? c.scratch().get(ws_bytes) : nullptr;  // one buffer serves both calls
-  const Scalars s(x.dtype() == DType::F64);
-  if (grad_x.defined())
+  // One scratch block: [padded x (reflect wgrad)][padded grad_x (reflect dgrad)][workspace];
+  // the workspace serves both cuDNN calls.
+  const size_t xp_bytes = q.reflect && grad_w.defined() ? align_up(q.padded_bytes) : 0;
+  const size_t gxp_bytes = q.reflect && grad_x.defined() ? align_up(q.padded_bytes) : 0;
+  const size_t total = xp_bytes + gxp_bytes + ws_bytes;
+  char* block = total ? static_cast<char*>(c.scratch().get(total)) : nullptr;
+  void* ws = ws_bytes ? block + xp_bytes + gxp_bytes : nullptr;
+  const bool f64 = x.dtype() == DType::F64;
+  const Scalars s(f64);
+  const int64_t planes = x.dim(0) * x.dim(1);
+  if (grad_x.defined() && !q.reflect)
     CUDNN_CHECK(cudnnConvolutionBackwardData(h, s.one(), pl.w, w.raw(), pl.y, grad_y.raw(), pl.conv,
                                              pl.data, ws, pl.data_ws, s.beta(m), pl.x,
                                              grad_x.raw()));
-  if (grad_w.defined())
-    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, s.one(), pl.x, x.raw(), pl.y, grad_y.raw(),
-                                               pl.conv, pl.filter, ws, pl.filter_ws, s.beta(m),
-                                               pl.w, grad_w.raw()));
+  if (grad_x.defined() && q.reflect) {  // the padded input's gradient, folded onto its sources
+    void* gxp = block + xp_bytes;
+    CUDNN_CHECK(cudnnConvolutionBackwardData(h, s.one(), pl.w, w.raw(), pl.y, grad_y.raw(), pl.conv,
+                                             pl.data, ws, pl.data_ws, s.zero(), pl.x, gxp));
+    reflect_pad_backward_raw(c, f64, planes, x.dim(2), x.dim(3), p.pad_h, p.pad_w, gxp,
+                             grad_x.raw(), m);
+  }
+  if (grad_w.defined()) {
+    const void* xin = x.raw();
+    if (q.reflect) {
+      reflect_pad_forward_raw(c, f64, planes, x.dim(2), x.dim(3), p.pad_h, p.pad_w, x.raw(), block);
+      xin = block;
+    }
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, s.one(), pl.x, xin, pl.y, grad_y.raw(), pl.conv,
+                                               pl.filter, ws, pl.filter_ws, s.beta(m), pl.w,
+                                               grad_w.raw()));
+  }
   if (grad_b.defined())
     CUDNN_CHECK(cudnnConvolutionBackwardBias(h, s.one(), pl.y, grad_y.raw(), s.beta(m), pl.bias,
                                              grad_b.raw()));

@@ -1,6 +1,8 @@
-// Index arithmetic shared by the CPU conv2d and its future CUDA twin: the output-size formula,
-// PyTorch's 'reflect' padding map (-1 -> 1, n -> n-2; the edge pixel is not repeated) and the
-// range of output columns whose taps fall inside the input (so inner loops run without checks).
+// Index arithmetic shared by the CPU conv2d and the CUDA reflect-pad kernels (pad_cuda.cu): the
+// output-size formula, PyTorch's 'reflect' padding map (-1 -> 1, n -> n-2; the edge pixel is not
+// repeated) and its inverse (the padded pixels that read a source pixel, for the gather form of
+// the padding's backward), and the range of output columns whose taps fall inside the input (so
+// inner loops run without checks).
 #pragma once
 #include <cstdint>
 
@@ -29,6 +31,18 @@ DYNSIM_HD int64_t pad_index(int64_t i, int64_t n, PadMode m) {
   if (i >= 0 && i < n) return i;
   if (m == PadMode::Zeros) return -1;
   return i < 0 ? -i : 2 * (n - 1) - i;
+}
+
+// The padded coordinates j in [0, n + 2 pad) with pad_index(j - pad, n, Reflect) == s, for a source
+// index s in [0, n) and pad < n, written to j[] in increasing order; returns how many (1 to 3):
+// the left mirror pad - s (1 <= s <= pad), s itself at s + pad, the right mirror
+// 2 (n - 1) - s + pad (n - 1 - pad <= s <= n - 2).
+DYNSIM_HD int reflect_readers(int64_t s, int64_t n, int64_t pad, int64_t j[3]) {
+  int k = 0;
+  if (s >= 1 && s <= pad) j[k++] = pad - s;
+  j[k++] = s + pad;
+  if (s <= n - 2 && s >= n - 1 - pad) j[k++] = 2 * (n - 1) - s + pad;
+  return k;
 }
 
 // ceil(a / b) for b > 0 and any sign of a.

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/local_sheet_math.h"  // local_sheet_source_channel, sheet::
 #include "kernels/op_common.h"
 
 namespace dynsim {
@@ -35,10 +36,11 @@ struct LocalSheetMap {
 // The tables for C channels of H x W; DataError for sizes < 1 or tables beyond int32.
 LocalSheetMap make_local_sheet_map(int C, int H, int W);
 
-// Which channel padded channel p copies (p itself for p < C).
-inline int local_sheet_source_channel(int p, int C) {
-  return p < C ? p : 2 * C - 1 - p;
-}
+// The checks every twin makes before touching memory: the map is complete, `layer` is
+// [N,C,H,W] and `plane` is [N,1,f*H,f*W] of the same dtype and device; DataError naming op and
+// role.
+void check_local_sheet_args(const char* op, const LocalSheetMap& map, const char* layer_role,
+                            const Tensor& layer, const char* plane_role, const Tensor& plane);
 
 namespace cpu {
 // plane[n, 0, q] = x[n, plane_source[q]]; x [N,C,H,W], plane [N,1,f*H,f*W].
@@ -54,4 +56,15 @@ void sheet_to_layer_forward(Context& c, const LocalSheetMap& map, const Tensor& 
 void sheet_to_layer_backward(Context& c, const LocalSheetMap& map, const Tensor& grad_y,
                              const Tensor& grad_plane, GradMode m);
 }  // namespace cpu
+namespace cuda {  // kernels/local_sheet_cuda.cu: the same gathers, f32 and f64. The map's tables
+// are copied to the device once per context and (C, H, W) (the context's plan cache) and reused.
+void layer_to_sheet_forward(Context& c, const LocalSheetMap& map, const Tensor& x,
+                            const Tensor& plane);
+void layer_to_sheet_backward(Context& c, const LocalSheetMap& map, const Tensor& grad_plane,
+                             const Tensor& grad_x, GradMode m);
+void sheet_to_layer_forward(Context& c, const LocalSheetMap& map, const Tensor& plane,
+                            const Tensor& y);
+void sheet_to_layer_backward(Context& c, const LocalSheetMap& map, const Tensor& grad_y,
+                             const Tensor& grad_plane, GradMode m);
+}  // namespace cuda
 }  // namespace dynsim

@@ -1,7 +1,8 @@
 // The cortical-sheet tables and the CPU twins of the layer <-> sheet gathers
 // (kernels/local_sheet.h). Every op is a gather over precomputed int32 tables, including the
-// backward passes (the mirrored padding copies are gathered too), so no output element is
-// written twice and the threads never race.
+// backward passes (the mirrored padding copies are gathered too, sheet::padding_copy), so no
+// output element is written twice and the threads never race. The CUDA twins
+// (local_sheet_cuda.cu) run the same gathers over device copies of the same tables.
 #include <cmath>
 #include <limits>
 
@@ -9,7 +10,6 @@
 
 namespace dynsim {
 namespace {
-
 
 int64_t exact_isqrt(int64_t n) {
   int64_t s = int64_t(std::sqrt(double(n)));
@@ -27,17 +27,17 @@ void check_map(const char* op, const LocalSheetMap& m) {
                            m.channels, ", H=", m.height, ", W=", m.width, ")"));
 }
 
+}  // namespace
+
 // x (or grad_x / y) [N,C,H,W] and the plane [N,1,f*H,f*W] of the same dtype and device.
-void check_pair(const char* op, const LocalSheetMap& m, const char* layer_role, const Tensor& layer,
-                const char* plane_role, const Tensor& plane) {
+void check_local_sheet_args(const char* op, const LocalSheetMap& m, const char* layer_role,
+                            const Tensor& layer, const char* plane_role, const Tensor& plane) {
   check_map(op, m);
   if (layer.rank() != 4)
     throw DataError(concat(op, ": ", layer_role, " must be [N,C,H,W], got ", layer.str()));
   check_shape(op, layer_role, layer, Shape{layer.dim(0), m.channels, m.height, m.width});
   check_arg(op, plane_role, plane, layer, Shape{layer.dim(0), 1, m.plane_h(), m.plane_w()});
 }
-
-}  // namespace
 
 int LocalSheetMap::kernel() const {
   int k = side / 4;
@@ -64,14 +64,10 @@ LocalSheetMap make_local_sheet_map(int C, int H, int W) {
   m.plane_to_layer.resize(size_t(layer));
   m.layer_to_plane.resize(size_t(layer));
   m.plane_source.resize(size_t(layer));
-  const int64_t pw = f * W;
   for (int64_t y = 0; y < H; ++y)
     for (int64_t x = 0; x < W; ++x)
       for (int64_t ch = 0; ch < Cp; ++ch) {
-        const int64_t r = ch / f, s = ch % f;
-        const int64_t py = y * f + (y % 2 ? f - 1 - r : r);
-        const int64_t px = x * f + (x % 2 ? f - 1 - s : s);
-        const int64_t q = py * pw + px, l = ch * HW + y * W + x;
+        const int64_t q = sheet::plane_index(ch, y, x, f, W), l = ch * HW + y * W + x;
         m.plane_to_layer[size_t(q)] = int32_t(l);
         m.layer_to_plane[size_t(l)] = int32_t(q);
         m.plane_source[size_t(q)] =
@@ -87,7 +83,7 @@ void layer_to_sheet_forward(Context& c, const LocalSheetMap& map, const Tensor& 
   const char* op = "layer_to_sheet_forward";
   with_float_type(op, x, [&](auto t) {
     using T = decltype(t);
-    check_pair(op, map, "x", x, "plane", plane);
+    check_local_sheet_args(op, map, "x", x, "plane", plane);
     const int64_t N = x.dim(0), P = map.plane_size();
     const int64_t L = int64_t(map.channels) * map.height * map.width;
     const T* px = x.data<T>();
@@ -106,20 +102,17 @@ void layer_to_sheet_backward(Context& c, const LocalSheetMap& map, const Tensor&
   if (!grad_x.defined()) return;
   with_float_type(op, grad_plane, [&](auto t) {
     using T = decltype(t);
-    check_pair(op, map, "grad_x", grad_x, "grad_plane", grad_plane);
+    check_local_sheet_args(op, map, "grad_x", grad_x, "grad_plane", grad_plane);
     const int64_t N = grad_x.dim(0), P = map.plane_size(), HW = int64_t(map.height) * map.width;
-    const int64_t C = map.channels, L = C * HW;
-    const int64_t first_copied = 2 * C - map.padded_channels;  // channels >= this have a copy
+    const int64_t C = map.channels, Cp = map.padded_channels, L = C * HW;
     const T* gp = grad_plane.data<T>();
     T* gx = grad_x.data<T>();
     const int32_t* to_plane = map.layer_to_plane.data();
     cpu::for_each_index(c, N * L, [&](int64_t e) {
-      const int64_t n = e / L, i = e - n * L, ch = i / HW;
+      const int64_t n = e / L, i = e - n * L;
       T g = gp[n * P + to_plane[i]];
-      if (ch >= first_copied) {  // the padding channel 2C-1-ch shows this element again
-        const int64_t mirror = (2 * C - 1 - ch) * HW + (i - ch * HW);
-        g += gp[n * P + to_plane[mirror]];
-      }
+      const int64_t copy = sheet::padding_copy(i, C, Cp, HW);  // shows this element again
+      if (copy >= 0) g += gp[n * P + to_plane[copy]];
       write_grad(gx[e], g, m);
     });
   });
@@ -130,7 +123,7 @@ void sheet_to_layer_forward(Context& c, const LocalSheetMap& map, const Tensor& 
   const char* op = "sheet_to_layer_forward";
   with_float_type(op, plane, [&](auto t) {
     using T = decltype(t);
-    check_pair(op, map, "y", y, "plane", plane);
+    check_local_sheet_args(op, map, "y", y, "plane", plane);
     const int64_t N = y.dim(0), P = map.plane_size();
     const int64_t L = int64_t(map.channels) * map.height * map.width;
     const T* pp = plane.data<T>();
@@ -149,7 +142,7 @@ void sheet_to_layer_backward(Context& c, const LocalSheetMap& map, const Tensor&
   if (!grad_plane.defined()) return;
   with_float_type(op, grad_y, [&](auto t) {
     using T = decltype(t);
-    check_pair(op, map, "grad_y", grad_y, "grad_plane", grad_plane);
+    check_local_sheet_args(op, map, "grad_y", grad_y, "grad_plane", grad_plane);
     const int64_t N = grad_y.dim(0), P = map.plane_size();
     const int64_t L = int64_t(map.channels) * map.height * map.width;
     const T* gy = grad_y.data<T>();

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <memory>
 
-#include "kernels/local_sheet.h"
+#include "kernels/dispatch.h"
 #include "tests/harness.h"
 
 using namespace dynsim;
@@ -14,24 +14,20 @@ using namespace dynsim::test;
 
 namespace {
 
-// Until ops:: wrappers exist, dispatch here the way kernels/dispatch.h will.
+// Through kernels/dispatch.h, so the gpu case below runs the CUDA twins.
 void l2s_forward(Context& c, const LocalSheetMap& m, const Tensor& x, const Tensor& plane) {
-  if (c.device() == Device::Cuda) throw NotImplemented("layer_to_sheet_forward: no CUDA");
-  cpu::layer_to_sheet_forward(c, m, x, plane);
+  ops::layer_to_sheet_forward(c, m, x, plane);
 }
 void l2s_backward(Context& c, const LocalSheetMap& m, const Tensor& gp, const Tensor& gx,
                   GradMode mode) {
-  if (c.device() == Device::Cuda) throw NotImplemented("layer_to_sheet_backward: no CUDA");
-  cpu::layer_to_sheet_backward(c, m, gp, gx, mode);
+  ops::layer_to_sheet_backward(c, m, gp, gx, mode);
 }
 void s2l_forward(Context& c, const LocalSheetMap& m, const Tensor& plane, const Tensor& y) {
-  if (c.device() == Device::Cuda) throw NotImplemented("sheet_to_layer_forward: no CUDA");
-  cpu::sheet_to_layer_forward(c, m, plane, y);
+  ops::sheet_to_layer_forward(c, m, plane, y);
 }
 void s2l_backward(Context& c, const LocalSheetMap& m, const Tensor& gy, const Tensor& gp,
                   GradMode mode) {
-  if (c.device() == Device::Cuda) throw NotImplemented("sheet_to_layer_backward: no CUDA");
-  cpu::sheet_to_layer_backward(c, m, gy, gp, mode);
+  ops::sheet_to_layer_backward(c, m, gy, gp, mode);
 }
 
 struct Dims {

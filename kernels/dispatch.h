@@ -5,6 +5,7 @@
 #include "kernels/conv2d.h"
 #include "kernels/elementwise.h"
 #include "kernels/leak.h"
+#include "kernels/leak_tail.h"
 #include "kernels/linear.h"
 #include "kernels/local_sheet.h"
 #include "kernels/losses.h"
@@ -274,21 +275,25 @@ inline void mul_one_plus_tanh_backward(Context& c, const Tensor& grad_y, const T
 inline void layer_to_sheet_forward(Context& c, const LocalSheetMap& m, const Tensor& x,
                                    const Tensor& plane) {
   if (!on_cuda(c)) return cpu::layer_to_sheet_forward(c, m, x, plane);
+  if constexpr (kCudaBuilt) return cuda::layer_to_sheet_forward(c, m, x, plane);
   no_cuda("layer_to_sheet_forward");
 }
 inline void layer_to_sheet_backward(Context& c, const LocalSheetMap& m, const Tensor& grad_plane,
                                     const Tensor& grad_x, GradMode mode) {
   if (!on_cuda(c)) return cpu::layer_to_sheet_backward(c, m, grad_plane, grad_x, mode);
+  if constexpr (kCudaBuilt) return cuda::layer_to_sheet_backward(c, m, grad_plane, grad_x, mode);
   no_cuda("layer_to_sheet_backward");
 }
 inline void sheet_to_layer_forward(Context& c, const LocalSheetMap& m, const Tensor& plane,
                                    const Tensor& y) {
   if (!on_cuda(c)) return cpu::sheet_to_layer_forward(c, m, plane, y);
+  if constexpr (kCudaBuilt) return cuda::sheet_to_layer_forward(c, m, plane, y);
   no_cuda("sheet_to_layer_forward");
 }
 inline void sheet_to_layer_backward(Context& c, const LocalSheetMap& m, const Tensor& grad_y,
                                     const Tensor& grad_plane, GradMode mode) {
   if (!on_cuda(c)) return cpu::sheet_to_layer_backward(c, m, grad_y, grad_plane, mode);
+  if constexpr (kCudaBuilt) return cuda::sheet_to_layer_backward(c, m, grad_y, grad_plane, mode);
   no_cuda("sheet_to_layer_backward");
 }
 inline void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
@@ -320,6 +325,26 @@ inline void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& 
   if constexpr (kCudaBuilt)
     return cuda::leak_slope_backward(c, grad_k, u, r, tau, grad_u, grad_r, grad_tau, m);
   no_cuda("leak_slope_backward");
+}
+// The fused step tail (kernels/leak_tail.h): drive sum, leak step, ReLU, supralinearity.
+inline void leak_tail_forward(Context& c, const LeakTailParams& p, const LeakTailTerms& terms,
+                              const Tensor& h, const Tensor& tau, const Tensor& x,
+                              const Tensor& r) {
+  if (!on_cuda(c)) return cpu::leak_tail_forward(c, p, terms, h, tau, x, r);
+  if constexpr (kCudaBuilt) return cuda::leak_tail_forward(c, p, terms, h, tau, x, r);
+  no_cuda("leak_tail_forward");
+}
+inline void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor& grad_r,
+                               const Tensor& grad_x, const LeakTailTerms& terms, const Tensor& h,
+                               const Tensor& tau, const Tensor& grad_u, const Tensor& grad_h,
+                               const Tensor& grad_tau, GradMode m) {
+  if (!on_cuda(c))
+    return cpu::leak_tail_backward(c, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h, grad_tau,
+                                   m);
+  if constexpr (kCudaBuilt)
+    return cuda::leak_tail_backward(c, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h,
+                                    grad_tau, m);
+  no_cuda("leak_tail_backward");
 }
 
 // Additive Gaussian noise (kernels/noise.h): reserves numel indices of the context's stream.

@@ -19,6 +19,8 @@ struct OperatorRunner::Impl {
   Conv2dParams p1, p2;
   Shape out;
   LocalSheetMap sheet;        // Local / LocalDepthwise
+  bool resize = false;
+  int64_t calls = 0;        // a nearest resize follows the operator (not folded into a stride)
   bool scalars_read = false;  // Self: w_value, b_value hold w and b (begin_run)
   double w_value = 0, b_value = 0;
 };
@@ -36,7 +38,7 @@ Conv2dParams same_pad(int k, int stride, int groups) {
 }  // namespace
 
 OperatorRunner::OperatorRunner(Context& ctx, const OpSpec& op, ParamStore& params, int batch,
-                               DType dtype)
+                               DType dtype, const OperatorOptions& options)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.op = op;
@@ -118,7 +120,18 @@ OperatorRunner::OperatorRunner(Context& ctx, const OpSpec& op, ParamStore& param
   }
   m.input_sum = buf(C, H, W);
   const int oc = op.kind == OpKind::Identity ? C : op.out_channels;
-  if (op.resize_h) m.pre_resize = buf(oc, oh, ow);
+  m.resize = op.resize_h > 0;
+  // Nearest downsampling by whole factors keeps pixel (s_h i, s_w j) (kernels/resize.h), which a
+  // 1x1 unpadded conv with stride (s_h, s_w) computes directly.
+  if (m.resize && op.resize_h == oh && op.resize_w == ow) m.resize = false;  // a copy
+  if (m.resize && options.strided_skip && op.kind == OpKind::Conv && op.kernel == 1 &&
+      op.stride == 1 && op.resize_h <= oh && op.resize_w <= ow && oh % op.resize_h == 0 &&
+      ow % op.resize_w == 0) {
+    m.p1.stride_h = oh / op.resize_h;
+    m.p1.stride_w = ow / op.resize_w;
+    m.resize = false;
+  }
+  if (m.resize) m.pre_resize = buf(oc, oh, ow);
   m.out = Shape{B, oc, op.resize_h ? op.resize_h : oh, op.resize_w ? op.resize_w : ow};
 }
 
@@ -126,6 +139,10 @@ OperatorRunner::~OperatorRunner() = default;
 OperatorRunner::OperatorRunner(OperatorRunner&&) noexcept = default;
 
 Shape OperatorRunner::output_shape() const { return impl_->out; }
+int64_t OperatorRunner::forward_calls() const { return impl_->calls; }
+bool OperatorRunner::strided() const {
+  return impl_->p1.stride_h != impl_->op.stride || impl_->p1.stride_w != impl_->op.stride;
+}
 
 void OperatorRunner::begin_run(Context& ctx) {
   Impl& m = *impl_;
@@ -138,12 +155,13 @@ void OperatorRunner::begin_run(Context& ctx) {
 void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
                              const Tensor& input_add, const Tensor& middle_add) {
   Impl& m = *impl_;
+  ++m.calls;
   Tensor x = x_in;
   if (input_add.defined()) {
     ops::add(ctx, x_in, input_add, m.input_sum);
     x = m.input_sum;
   }
-  const Tensor& dst = m.op.resize_h ? m.pre_resize : y;
+  const Tensor& dst = m.resize ? m.pre_resize : y;
   switch (m.op.kind) {
     case OpKind::Conv:
       ops::conv2d_forward(ctx, m.p1, x, m.w1, m.b1, dst);
@@ -188,7 +206,7 @@ void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
       break;
     }
   }
-  if (m.op.resize_h) ops::resize_nearest_forward(ctx, m.pre_resize, y);
+  if (m.resize) ops::resize_nearest_forward(ctx, m.pre_resize, y);
 }
 
 namespace {
@@ -232,7 +250,7 @@ void OperatorRunner::backward(Context& ctx, const Tensor& x_in, const Tensor& gr
     xe = m.input_sum;
   }
   Tensor gout = grad_y;
-  if (op.resize_h) {
+  if (m.resize) {
     if (!m.g_pre.defined()) m.g_pre = like(m.pre_resize);
     ops::resize_nearest_backward(ctx, grad_y, m.g_pre, GradMode::Overwrite);
     gout = m.g_pre;

@@ -11,12 +11,25 @@
 
 namespace dynsim {
 
+// How an operator may be evaluated; every choice gives the same result within float rounding.
+struct OperatorOptions {
+  // A 1x1 conv followed by a nearest downsample by whole factors (DynVision's skip connections,
+  // which run the conv at the source resolution and keep 1 pixel in s_h s_w) runs as a 1x1 conv
+  // with stride (s_h, s_w): the kept pixels' products, without the discarded ones
+  // (performance-notes.md §3). false: DynVision's literal order (for checks and benchmarks).
+  // (A resize to the operator's own size is a copy and is always left out.)
+  bool strided_skip = true;
+};
+
 class OperatorRunner {
  public:
-  OperatorRunner(Context& ctx, const OpSpec& op, ParamStore& params, int batch, DType dtype);
+  OperatorRunner(Context& ctx, const OpSpec& op, ParamStore& params, int batch, DType dtype,
+                 const OperatorOptions& options = {});
   ~OperatorRunner();
   OperatorRunner(OperatorRunner&&) noexcept;
   Shape output_shape() const;  // [B, C, H, W] after the optional resize
+  bool strided() const;        // the downsample became the conv's stride (OperatorOptions)
+  int64_t forward_calls() const;  // forward() calls so far (benchmarks and tests count work)
   // Reads the operator's host-side scalars (the self recurrence's w and b) once; forward then
   // uses these values until the next begin_run instead of reading them on every call (which
   // on CUDA is a device-to-host copy and a stream sync per step). Call it whenever the

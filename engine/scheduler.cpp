@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "engine/operators.h"
 #include "engine/recorder.h"
 #include "kernels/dispatch.h"
+#include "kernels/leak_tail.h"
 
 namespace dynsim {
 namespace {
@@ -58,28 +60,53 @@ bool params_need_copy(const Context& ctx, const ParamStore& p, DType t) {
   return false;
 }
 
-// The operators (and dtypes) the CUDA backend cannot run yet, named before any work starts.
-void check_cuda_support(const Graph& g, DType t) {
-  if (t != DType::F32)
-    throw NotImplemented(concat("scheduler on CUDA: ", dtype_name(t),
-                                " runs need f64 twins of the elementwise ops (add, scale, "
-                                "relu, ...), which are f32 only; run f64 on the CPU"));
-  auto local = [](const OpSpec& op) {
-    return op.kind == OpKind::Local || op.kind == OpKind::LocalDepthwise;
-  };
-  for (const Connection& c : g.connections)
-    if (local(c.op))
-      throw NotImplemented(concat("scheduler on CUDA: connection ", c.name, " (",
-                                  op_kind_name(c.op.kind),
-                                  "): local_sheet (the cortical-sheet maps) and reflect-padded "
-                                  "conv2d have no CUDA implementation yet; run it on the CPU"));
-  if (g.input_transform.in_channels > 0 && local(g.input_transform))
-    throw NotImplemented(
-        "scheduler on CUDA: the input transform uses local_sheet, which has no "
-        "CUDA implementation yet");
+// The classifier's features are collected over this many steps before one GEMM (fast paths on
+// CUDA; RunOptions::readout_chunk).
+constexpr int kReadoutChunkCuda = 32;
+
+// Per step of a run (idle steps first): 1 where every sample's frame equals the previous step's
+// bit for bit, so that whatever is computed from the frame alone can be kept. Host sequences
+// only (a device sequence would need a comparison on the device: its frames count as new), and
+// none with input adaption (the adapted frame changes every step).
+std::vector<uint8_t> repeated_frames(const Tensor& input, const RunOptions& opt) {
+  const int64_t B = input.dim(0), T = input.dim(1), idle = opt.idle_steps;
+  std::vector<uint8_t> rep(size_t(idle + T), 0);
+  if (!input.is_cpu() || opt.input_adaption_weight != 0.0 || B * T == 0) return rep;
+  const int64_t fe = input.numel() / (B * T);  // elements per frame
+  const size_t fb = size_t(fe) * dtype_size(input.dtype());
+  const char* base = static_cast<const char*>(input.raw());
+  auto frame = [&](int64_t b, int64_t tr) { return base + size_t(b * T + tr) * fb; };
+  // The idle frame as ops::fill writes it.
+  std::vector<char> idle_frame(fb);
+  if (input.dtype() == DType::F64) {
+    const double v = opt.non_input_value;
+    for (int64_t i = 0; i < fe; ++i) std::memcpy(&idle_frame[size_t(i) * 8], &v, 8);
+  } else {
+    const float v = opt.non_input_value;
+    for (int64_t i = 0; i < fe; ++i) std::memcpy(&idle_frame[size_t(i) * 4], &v, 4);
+  }
+  for (int64_t t = 1; t < idle + T; ++t) {
+    bool same = true;
+    for (int64_t b = 0; b < B && same; ++b) {
+      const char* prev = t - 1 < idle ? idle_frame.data() : frame(b, t - 1 - idle);
+      const char* cur = t < idle ? idle_frame.data() : frame(b, t - idle);
+      same = prev == cur || std::memcmp(prev, cur, fb) == 0;
+    }
+    rep[size_t(t)] = same;
+  }
+  return rep;
 }
 
 }  // namespace
+
+std::string cuda_unsupported(const Graph& g, DType t) {
+  (void)g;  // every operator kind has CUDA twins (local_sheet and reflect padding included)
+  if (t != DType::F32)
+    return concat("scheduler on CUDA: ", dtype_name(t),
+                  " runs need f64 twins of the elementwise ops (add, scale, relu, ...), which are "
+                  "f32 only; run f64 on the CPU");
+  return "";
+}
 
 RingPlan plan_rings(const Graph& g, bool staged) {
   const size_t A = g.areas.size();
@@ -134,11 +161,17 @@ struct Scheduler::Impl {
   Context& ctx;
   Graph& g;
   std::shared_ptr<FrozenSolver> frozen;  // frozen-drive mode
+  // A built-in frozen solver's rule: its steps may run as the fused tail (kernels/leak_tail.h).
+  bool builtin_leak = false;
+  LeakRule leak_rule = LeakRule::Euler;
+  std::vector<uint8_t> additive_only;    // per area: every drive term is additive
+  std::vector<int> drive_terms;          // per area: connections that may add a drive term
   bool staged = false;
   ButcherTableau tab;                    // staged mode
   int batch = -1;
   DType dtype = DType::F32;
   bool params_copied = false;
+  bool strided_skip = true;  // the runners' OperatorOptions
   // Per area.
   std::vector<Ring> rings;
   std::vector<int> ring_size;             // slots needed
@@ -152,8 +185,17 @@ struct Scheduler::Impl {
   // runs, a CUDA context) refreshed from the graph at the start of every run.
   ParamStore converted;
   ParamStore* params = nullptr;
-  // Readout.
-  Tensor readout_mean, logits_step;
+  // Readout: per step (literal) or over a chunk of steps (fast paths): the pooled features of
+  // chunk step j in rows [j B, (j + 1) B) of readout_rows, logits likewise.
+  Tensor readout_mean, logits_step, readout_rows, logits_rows;
+  std::vector<int64_t> readout_steps;  // recorded steps held in the chunk, in order
+  // Terms of connections from the input frame (fast paths): computed for frame version
+  // ext_version[ci] (-1: none); reused while the frame stays the same.
+  std::vector<Tensor> ext_term;
+  std::vector<int64_t> ext_version;
+  int64_t frame_version = 0;
+  bool reuse_input_terms = false;
+  bool fused_tail = false;  // frozen steps through ops::leak_tail_forward (fast paths)
   Tensor frame, adapted, transformed;
   std::unique_ptr<OperatorRunner> input_runner;
 
@@ -171,15 +213,32 @@ struct Scheduler::Impl {
       tab = s.resolved_tableau();
     else
       frozen = s.custom ? s.custom : builtin_frozen_solver(s.name);
+    if (!staged && !s.custom) {
+      builtin_leak = true;
+      leak_rule = s.name == "euler" ? LeakRule::Euler
+                  : s.name == "rk4" ? LeakRule::Rk4Frozen
+                                    : LeakRule::Exp;
+    }
+    additive_only.assign(g.areas.size(), 1);
+    drive_terms.assign(g.areas.size(), 0);
+    for (const Connection& c : g.connections)
+      if (c.entry == Entry::Output) ++drive_terms[size_t(c.target)];
+    for (const Connection& c : g.connections)
+      if (c.integration != Integration::Additive && c.kind != ConnKind::Feedforward)
+        additive_only[size_t(c.target)] = 0;
     const RingPlan plan = dynsim::plan_rings(g, staged);
     ring_size = plan.size;
     forward_delay = plan.forward_delay;
   }
 
-  void allocate(int B, DType t) {
+  void allocate(int B, DType t, bool strided) {
     const bool copy_params = params_need_copy(ctx, g.params, t);
-    if (B == batch && t == dtype && copy_params == params_copied) return;
-    if (ops::on_cuda(ctx)) check_cuda_support(g, t);
+    if (B == batch && t == dtype && copy_params == params_copied && strided == strided_skip) return;
+    strided_skip = strided;
+    if (ops::on_cuda(ctx)) {
+      const std::string why = cuda_unsupported(g, t);
+      if (!why.empty()) throw NotImplemented(why);
+    }
     batch = B;
     dtype = t;
     params_copied = copy_params;
@@ -242,9 +301,15 @@ struct Scheduler::Impl {
     term.clear();
     interp.clear();
     interp_pooled.clear();
+    ext_term.clear();
+    OperatorOptions oo;
+    oo.strided_skip = strided;
     for (const Connection& c : g.connections) {
-      runners.emplace_back(ctx, c.op, *params, B, t);
+      runners.emplace_back(ctx, c.op, *params, B, t, oo);
       term.push_back(ctx.empty(runners.back().output_shape(), t));
+      ext_term.push_back(c.source == kExternalInput && c.entry == Entry::Output
+                             ? ctx.empty(runners.back().output_shape(), t)
+                             : Tensor());
       Tensor ib, pb;
       if (staged && c.source != kExternalInput) {
         const Area& s = g.areas[size_t(c.source)];
@@ -259,13 +324,15 @@ struct Scheduler::Impl {
     adapted = ctx.empty(frame.shape(), t);
     input_runner.reset();
     if (g.input_transform.in_channels > 0) {
-      input_runner = std::make_unique<OperatorRunner>(ctx, g.input_transform, *params, B, t);
+      input_runner = std::make_unique<OperatorRunner>(ctx, g.input_transform, *params, B, t, oo);
       transformed = ctx.empty(input_runner->output_shape(), t);
     }
     if (g.readout.source >= 0) {
       const Area& src = g.areas[size_t(g.readout.source)];
       readout_mean = ctx.empty(Shape{B, src.channels}, t);
       logits_step = ctx.empty(Shape{B, g.readout.n_classes}, t);
+      readout_rows = Tensor();  // sized by the first run that collects (run())
+      logits_rows = Tensor();
     }
   }
 
@@ -307,9 +374,31 @@ struct Scheduler::Impl {
       throw DataError(concat("scheduler: input frames are ", input.dim(2), "x", input.dim(3),
                              "x", input.dim(4), " but the model expects ", g.input_channels, "x",
                              g.input_height, "x", g.input_width));
-    allocate(B, input.dtype());
+    allocate(B, input.dtype(), opt.fast_paths);
+    last_calls = 0;
+    const int64_t calls_at_start = total_calls();
     const size_t A = g.areas.size();
     refresh_parameters();
+    const std::vector<uint8_t> repeats =
+        opt.fast_paths ? repeated_frames(input, opt)
+                       : std::vector<uint8_t>(size_t(opt.idle_steps) + size_t(T), 0);
+    reuse_input_terms = opt.fast_paths;
+    fused_tail = opt.fast_paths && builtin_leak;
+    if (opt.readout_chunk < 0)
+      throw DataError(concat("scheduler: readout_chunk must be >= 0, got ", opt.readout_chunk));
+    const int chunk = !opt.fast_paths          ? 1
+                      : opt.readout_chunk > 0 ? opt.readout_chunk
+                      : ops::on_cuda(ctx)     ? kReadoutChunkCuda
+                                              : 1;
+    if (g.readout.source >= 0 && chunk > 1 &&
+        (!readout_rows.defined() || readout_rows.dim(0) != int64_t(chunk) * B)) {
+      const Area& src = g.areas[size_t(g.readout.source)];
+      readout_rows = ctx.empty(Shape{int64_t(chunk) * B, src.channels}, dtype);
+      logits_rows = ctx.empty(Shape{int64_t(chunk) * B, g.readout.n_classes}, dtype);
+    }
+    ext_version.assign(g.connections.size(), -1);
+    frame_version = 0;
+    readout_steps.clear();
     for (auto& r : rings) r.clear();
     for (auto& r : slopes) r.clear();
     initial_slope_set = false;
@@ -332,12 +421,17 @@ struct Scheduler::Impl {
     for (int64_t t = 0; t < total; ++t) {
       const bool idle = t < opt.idle_steps;
       const int64_t tr = t - opt.idle_steps;  // index into the recorded sequence
-      // The frame for this step: sample b's frame tr is row b * T + tr of seq_rows.
-      if (idle)
-        ops::fill(ctx, opt.non_input_value, frame);
-      else
-        ctx.copy_rows(frame, frame_elems, seq_rows.slice(tr, int64_t(B) * T), T * frame_elems, B,
-                      frame_elems);
+      // The frame for this step: sample b's frame tr is row b * T + tr of seq_rows. A repeated
+      // frame leaves frame, transformed and the input terms as they are.
+      const bool repeat = repeats[size_t(t)] != 0;
+      if (!repeat) {
+        ++frame_version;
+        if (idle)
+          ops::fill(ctx, opt.non_input_value, frame);
+        else
+          ctx.copy_rows(frame, frame_elems, seq_rows.slice(tr, int64_t(B) * T), T * frame_elems,
+                        B, frame_elems);
+      }
       const Tensor* x_in = &frame;
       if (opt.input_adaption_weight != 0.0) {
         // First call passes the frame and stores it; later calls return w * stored (spec §7).
@@ -350,7 +444,7 @@ struct Scheduler::Impl {
         x_in = &adapted;
       }
       if (input_runner) {
-        input_runner->forward(ctx, *x_in, transformed);
+        if (!repeat) input_runner->forward(ctx, *x_in, transformed);
         x_in = &transformed;
       }
 
@@ -364,15 +458,45 @@ struct Scheduler::Impl {
       for (size_t a = 0; a < A; ++a) recorder.rates(int(a), tr, rings[a].at(t), r_present[a]);
       const Tensor* v =
           K > 0 && g.readout.delivers ? forwarded(g.readout.source, fwd_present) : nullptr;
-      if (v) {
+      if (v && chunk > 1) {
+        const int64_t j = int64_t(readout_steps.size());
+        ops::mean_hw_forward(ctx, *v, readout_rows.slice(j * B, (j + 1) * B));
+        readout_steps.push_back(tr);
+        if (readout_steps.size() == size_t(chunk)) flush_readout(recorder);
+      } else if (v) {
         ops::mean_hw_forward(ctx, *v, readout_mean);
         ops::linear_forward(ctx, readout_mean, params->get(g.readout.weight),
                             params->get(g.readout.bias), logits_step);
         recorder.logits(tr, logits_step);
       }
     }
+    flush_readout(recorder);
+    last_calls = total_calls() - calls_at_start;
     if (probes) probes->check_all();
     return recorder.finish();
+  }
+
+  // The classifier over the steps collected in readout_rows: one GEMM, then each step's logits
+  // to the recorder.
+  void flush_readout(Recorder& recorder) {
+    const int64_t n = int64_t(readout_steps.size()), B = batch;
+    if (n == 0) return;
+    ops::linear_forward(ctx, readout_rows.slice(0, n * B), params->get(g.readout.weight),
+                        params->get(g.readout.bias), logits_rows.slice(0, n * B));
+    for (int64_t j = 0; j < n; ++j)
+      recorder.logits(readout_steps[size_t(j)], logits_rows.slice(j * B, (j + 1) * B));
+    readout_steps.clear();
+  }
+
+  // The term of connection ci from the input frame x, computed once per frame version (fast
+  // paths); nullptr for any other connection, which is computed at every call.
+  const Tensor* input_term(size_t ci, const Tensor& x) {
+    if (!reuse_input_terms || !ext_term[ci].defined()) return nullptr;
+    if (ext_version[ci] != frame_version) {
+      runners[ci].forward(ctx, x, ext_term[ci]);
+      ext_version[ci] = frame_version;
+    }
+    return &ext_term[ci];
   }
 
   // Sums area a's terms into drive[a]: terms entering the feedforward operator's input or middle
@@ -380,9 +504,28 @@ struct Scheduler::Impl {
   // recurrence, skip, feedback (spec §2.3). read(ci) gives connection ci's source value or
   // nullptr when absent; an absent term is left out. Returns false when every term is absent.
   template <class Reader>
-  bool gather_drive(int a, Reader&& read) {
+  bool gather_drive(int a, Reader&& read, LeakTailTerms* collect = nullptr) {
     Tensor& u = drive[size_t(a)];
-    bool have_drive = false;
+    // The sum so far: u, or a term's own buffer (not yet copied into u) while it is alone.
+    // With `collect` (an area whose terms are all additive, at most LeakTailTerms::kMax of them)
+    // the terms are listed in order for the fused tail instead, and u holds at most one of them.
+    const Tensor* acc = nullptr;
+    auto combine = [&](const Tensor& v, bool multiplicative) {
+      if (collect) {
+        collect->push(v);
+        acc = &v;
+        return;
+      }
+      if (!acc) {
+        acc = &v;  // an absent x gives T(h) alone, in both modes
+        return;
+      }
+      if (multiplicative)
+        ops::mul_one_plus_tanh(ctx, *acc, v, u);
+      else
+        ops::add(ctx, *acc, v, u);
+      acc = &u;
+    };
     Tensor input_add, middle_add;
     for (size_t ci = 0; ci < g.connections.size(); ++ci) {
       const Connection& c = g.connections[ci];
@@ -399,27 +542,30 @@ struct Scheduler::Impl {
       if (c.kind == ConnKind::Feedforward) {
         // f = FF(x [+ input term]) [with the middle term]; absent x gives the input term alone.
         if (!h && !input_add.defined()) continue;
-        const Tensor& dst = have_drive ? term[ci] : u;
+        const Tensor* cached =
+            h && !input_add.defined() && !middle_add.defined() ? input_term(ci, *h) : nullptr;
+        if (cached) {
+          combine(*cached, false);
+          continue;
+        }
+        const Tensor& dst = acc ? term[ci] : u;
         if (h)
           runners[ci].forward(ctx, *h, dst, input_add, middle_add);
         else
           runners[ci].forward(ctx, input_add, dst, {}, middle_add);
-        if (have_drive) ops::add(ctx, u, term[ci], u);
-        have_drive = true;
+        combine(dst, false);
         continue;
       }
       if (!h) continue;
-      runners[ci].forward(ctx, *h, term[ci]);
-      if (!have_drive) {
-        ops::scale(ctx, 1.0, term[ci], u);  // an absent x gives T(h) alone, in both modes
-        have_drive = true;
-      } else if (c.integration == Integration::Additive) {
-        ops::add(ctx, u, term[ci], u);
-      } else {
-        ops::mul_one_plus_tanh(ctx, u, term[ci], u);
+      const Tensor* v = input_term(ci, *h);
+      if (!v) {
+        runners[ci].forward(ctx, *h, term[ci]);
+        v = &term[ci];
       }
+      combine(*v, c.integration != Integration::Additive);
     }
-    return have_drive;
+    if (acc && acc != &u && !collect) ops::scale(ctx, 1.0, *acc, u);
+    return acc != nullptr;
   }
 
   // r = S(ReLU(x)) in place of r (x may alias r).
@@ -443,13 +589,30 @@ struct Scheduler::Impl {
       if (c.kind == ConnKind::Feedforward) return forwarded(c.source, fwd_present);
       return rings[size_t(c.source)].at(t - c.delay_steps);
     };
-    const bool have_drive = gather_drive(a, read_source);
+    const bool fuse = fused_tail && additive_only[size_t(a)] &&
+                      drive_terms[size_t(a)] <= LeakTailTerms::kMax;
+    LeakTailTerms terms;
+    const bool have_drive = gather_drive(a, read_source, fuse ? &terms : nullptr);
     Ring& ring = rings[size_t(a)];
     const Tensor* prev = g.ring_capacity >= 1 ? ring.at(t - 1) : nullptr;
     const bool present = have_drive;
     Tensor& r = ring.begin_write(t, present);
     r_present[size_t(a)] = present;
-    if (present) {
+    if (present && fuse) {
+      // One pass: the drive sum, the leak step, ReLU and the supralinearity (the bits of the
+      // separate ops); x only where it is read (the solver's memory, the stability probe).
+      Tensor& x = state[size_t(a)];
+      const Tensor* h = prev ? prev : (memory_present[size_t(a)] ? &memory[size_t(a)] : nullptr);
+      LeakTailParams lp;
+      lp.rule = leak_rule;
+      lp.dt = g.delays.dt;
+      lp.supralinear = ar.supralinearity != 1.0;
+      lp.supra.n = ar.supralinearity;
+      const Tensor& x_out = !prev ? memory[size_t(a)] : (probes ? x : Tensor());
+      ops::leak_tail_forward(ctx, lp, terms, h ? *h : Tensor(), tau[size_t(a)], x_out, r);
+      if (!prev) memory_present[size_t(a)] = 1;
+      if (probes) probes->probe(a, t, x_out);
+    } else if (present) {
       Tensor& x = state[size_t(a)];
       const Tensor* h = prev ? prev : (memory_present[size_t(a)] ? &memory[size_t(a)] : nullptr);
       frozen->step(ctx, u, h ? *h : Tensor(), tau[size_t(a)], g.delays.dt, x);
@@ -583,6 +746,12 @@ struct Scheduler::Impl {
   }
 
   std::vector<Tensor> argmax_bufs;  // per pooled area (allocate())
+  int64_t last_calls = 0;           // operator evaluations of the last run
+  int64_t total_calls() const {
+    int64_t n = input_runner ? input_runner->forward_calls() : 0;
+    for (const OperatorRunner& r : runners) n += r.forward_calls();
+    return n;
+  }
   const Tensor& argmax_buf(int a) const { return argmax_bufs[size_t(a)]; }
 };
 
@@ -592,5 +761,6 @@ Scheduler::~Scheduler() = default;
 Recording Scheduler::run(const Tensor& input, const RunOptions& opt) {
   return impl_->run(input, opt);
 }
+int64_t Scheduler::operator_calls() const { return impl_->last_calls; }
 
 }  // namespace dynsim

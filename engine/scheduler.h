@@ -31,6 +31,17 @@ struct RunOptions {
   // after the loop, engine/recorder.h).
   bool stability_check = false;
   double input_adaption_weight = 0.0;  // DynVision's InputAdaption (spec §7)
+  // The exact savings of performance-notes.md §3, each giving DynVision's result within float
+  // rounding (tests/engine/test_fast_paths.cpp): skip connections as strided 1x1 convs
+  // (OperatorOptions); operators on the input frame computed once while the frame repeats
+  // (a static image, the idle frames; host input sequences, compared bit for bit before the
+  // loop) and once per step, not per stage, in staged runs; the classifier over chunks of
+  // readout_chunk steps after they ran, one GEMM each. false: DynVision's literal per-step order.
+  bool fast_paths = true;
+  // Steps per classifier GEMM with fast paths; 0: 32 on CUDA (fewer launches), 1 on the CPU,
+  // where a per-step GEMM costs no launch and keeps the logits bit-identical to the reverse
+  // mode's forward (engine/bptt.h; a taller GEMM may round differently).
+  int readout_chunk = 0;
 };
 
 struct Recording {  // host tensors
@@ -58,13 +69,20 @@ RingPlan plan_rings(const Graph& g, bool staged);
 // training changes it) or the fixed value ([1]).
 Tensor area_tau(Context& ctx, const Graph& g, const Area& a, int batch, DType t);
 
+// Why the Scheduler cannot run graph g in dtype t on a CUDA context ("" when it can): today only
+// f64 (the elementwise CUDA twins are f32). run() throws NotImplemented with this message.
+std::string cuda_unsupported(const Graph& g, DType t);
+
 class Scheduler {
  public:
   Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver = {});
   ~Scheduler();
   // input: [B, T, C, H, W], f32 or f64 (f32 only on CUDA), on the host or the context's device.
-  // NotImplemented on CUDA for operators without CUDA twins (local recurrence).
+  // NotImplemented on CUDA for what cuda_unsupported() names.
   Recording run(const Tensor& input, const RunOptions& opt = {});
+  // Operator evaluations (engine/operators.h: convolutions and the like, with the input
+  // transform) of the last run: what the fast paths save, for tests and benchmarks.
+  int64_t operator_calls() const;
 
  private:
   struct Impl;

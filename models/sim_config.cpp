@@ -119,6 +119,9 @@ ConfigSchema make_schema() {
   s.add_string("simulation.output", "out", "output folder");
   s.add_double("simulation.non_input_value", 0.0, "value of blank frames");
   s.add_int("simulation.threads", 0, "CPU threads (0 = all cores)").at_least(0);
+  s.add_bool("simulation.fast_paths", true,
+             "exact savings: strided skip convs, input convs once per repeated frame, the "
+             "classifier once per chunk of steps (false: DynVision's literal order)");
 
   s.add_enum("stimulus.kind", {"grating", "flash", "noise", "image", "npy"}, "grating",
              "built-in stimulus, an image file or a .npy array");
@@ -413,6 +416,7 @@ RunOptions run_options(const Config& cfg) {
   r.record = rec == "full" ? RecordMode::Full : rec == "none" ? RecordMode::None : RecordMode::Layer;
   r.stability_check = cfg.get_bool("dynamics.stability_check");
   r.input_adaption_weight = cfg.get_double("model.input_adaption_weight");
+  r.fast_paths = cfg.get_bool("simulation.fast_paths");
   return r;
 }
 

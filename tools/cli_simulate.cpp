@@ -173,20 +173,41 @@ int run_simulate(const SimulateArgs& a) {
   co.threads = int(cfg.get_int("simulation.threads"));
   const std::string dev = cfg.get_string("simulation.device");
   std::string device_note = "cpu";
-  if (dev == "cuda") {
-    co.device = Device::Cuda;  // the Context names a missing device or a build without CUDA
+  // auto: the CUDA device when there is one and the scheduler runs this graph there (not the
+  // local recurrence types, not f64), else the CPU; a CUDA run that fails is redone on the CPU
+  // with a warning (the wall time then includes the failed attempt). cuda: the device or an error (the Context names a missing device or a
+  // build without CUDA).
+  bool on_cuda = dev == "cuda";
+  if (dev == "auto" && cuda_device_count() > 0) {
+    const std::string why = cuda_unsupported(g, input.dtype());
+    on_cuda = why.empty();
+    if (!on_cuda) device_note = concat("cpu (auto: ", why, ")");
+  }
+  if (on_cuda) {
+    co.device = Device::Cuda;
     const auto gpus = cuda_devices();
     device_note = gpus.empty() ? "cuda:0" : concat("cuda:0 (", gpus.front().name, ")");
   }
-  // auto stays on the CPU until the CUDA scheduler has been checked on a GPU (gpu suite).
-  if (dev == "auto" && cuda_device_count() > 0)
-    device_note = "cpu (auto; set simulation.device = 'cuda' to run on the CUDA device)";
-  Context ctx(co);
-
-  Scheduler sched(ctx, g, models::solver_spec(cfg));
   const RunOptions ro = models::run_options(cfg);
   const auto t0 = std::chrono::steady_clock::now();
-  Recording rec = sched.run(input, ro);
+  auto simulate = [&](const ContextOptions& o) {
+    Context ctx(o);
+    Scheduler sched(ctx, g, models::solver_spec(cfg));
+    return sched.run(input, ro);
+  };
+  Recording rec;
+  try {
+    rec = simulate(co);
+  } catch (const Error& e) {
+    // Only the device's own failures (CUDA, cuDNN, cuBLAS: internal errors); bad input fails
+    // the same way on either device.
+    if (dev != "auto" || !on_cuda || e.code() != ExitCode::Software) throw;
+    std::cerr << "dynsim: warning: the run on the CUDA device failed (" << e.what()
+              << "); running on the CPU\n";
+    co.device = Device::Cpu;
+    device_note = concat("cpu (auto: the CUDA run failed: ", e.what(), ")");
+    rec = simulate(co);
+  }
   // Where the stimulus starts (the earliest per-sample onset).
   int stim_onset = int(cfg.get_int("stimulus.onset"));
   for (double o : cfg.get_doubles("stimulus.onsets")) stim_onset = std::min(stim_onset, int(o));

@@ -89,6 +89,17 @@ else
   log "gpu benchmark: $gpu_bench was not built"
   status=1
 fi
+# The fast paths (exact savings) against DynVision's literal order on the device, batch 64.
+fp_bench="$build/bench/fast_paths_bench"
+if [[ -x "$fp_bench" ]]; then
+  if "$fp_bench" --cuda --batch 64 --repeats 5 >"$build.fast_paths.log" 2>&1; then
+    log "fast paths on the device (bench/fast_paths_bench --cuda --batch 64):"
+  else
+    log "fast paths benchmark: FAILED (see $build.fast_paths.log)"
+    status=1
+  fi
+  sed 's/^/  /' "$build.fast_paths.log" | tee -a "$report"
+fi
 # CPU benchmark (needs /usr/bin/python3 with torch for the ratios).
 if /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
   bash bench/run_conv2d_vs_torch.sh "$build" 2>&1 | tail -15 | tee -a "$report"

@@ -5,7 +5,7 @@
 // CUDA against the CPU (fp32, TF32 off; every area's rates at every step, the logits and the
 // layer statistics within 1e-4 of the largest CPU value) for euler, rk4 and rk4-classic, a host
 // and a device input giving the same bits, the stability check after the loop, and
-// NotImplemented for local recurrence and f64.
+// NotImplemented for f64; cuda_unsupported() on the CPU.
 #include <cmath>
 #include <cstring>
 
@@ -167,6 +167,16 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("scheduler: cuda_unsupported names f64 and accepts every f32 graph") {
+  for (const std::string type : {"full", "self", "local", "localdepthwise", "depthpointwise"}) {
+    models::DyRCNNOptions o = dyrcnn("DyRCNNx2", 16);
+    o.recurrence_type = type;
+    const Graph g = models::build_dyrcnn(o);
+    CHECK_MESSAGE(cuda_unsupported(g, DType::F32).empty(), type);
+    CHECK(cuda_unsupported(g, DType::F64).find("f64 runs") != std::string::npos);
+  }
+}
+
 // ---- CPU vs CUDA (gpu suite) ------------------------------------------------------------------
 
 TEST_CASE("scheduler CPU vs CUDA: whole DyRCNNx4 trajectories (fp32, TF32 off)" *
@@ -176,9 +186,12 @@ TEST_CASE("scheduler CPU vs CUDA: whole DyRCNNx4 trajectories (fp32, TF32 off)" 
     std::string solver, type, feedback;
   };
   // Full recurrence with skips; the self recurrence (host-read scalars) with multiplicative
-  // feedback; a staged solver (interpolated history) once.
+  // feedback; the cortical-sheet recurrences (local_sheet, reflect-padded conv); a staged
+  // solver (interpolated history) once.
   const Variant variants[] = {{"euler", "full", "none"},
                               {"euler", "self", "mul"},
+                              {"euler", "local", "none"},
+                              {"euler", "localdepthwise", "add"},
                               {"rk4", "full", "none"},
                               {"rk4", "self", "mul"},
                               {"rk4-classic", "full", "none"}};
@@ -221,7 +234,7 @@ TEST_CASE("scheduler CPU vs CUDA: whole DyRCNNx4 trajectories (fp32, TF32 off)" 
   }
 }
 
-TEST_CASE("scheduler on CUDA: stability check after the loop; local recurrence and f64 refused" *
+TEST_CASE("scheduler on CUDA: stability check after the loop; f64 refused" *
           doctest::test_suite("gpu")) {
   if (no_device()) return;
   Context gpu = cuda_context();
@@ -236,11 +249,6 @@ TEST_CASE("scheduler on CUDA: stability check after the loop; local recurrence a
     ro.stability_check = false;
     CHECK_NOTHROW(s.run(x, ro));
   }
-  models::DyRCNNOptions local = dyrcnn("DyRCNNx2", 16);
-  local.recurrence_type = "local";
-  Graph gl = models::build_dyrcnn(local);
-  Scheduler sl(gpu, gl);
-  CHECK_THROWS_WITH_AS(sl.run(x), doctest::Contains("local_sheet"), NotImplemented);
   Scheduler s64(gpu, g);
   CHECK_THROWS_WITH_AS(s64.run(x.to_dtype(DType::F64)), doctest::Contains("f64 runs"),
                        NotImplemented);

@@ -1,6 +1,9 @@
 // Pieces shared by the benchmarks.
 #pragma once
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <vector>
 
 #include "engine/tensor.h"
 
@@ -17,6 +20,20 @@ inline Tensor values(const Shape& s, uint64_t seed) {
     p[i] = float(h >> 40) / float(1 << 23) - 1.f;
   }
   return t;
+}
+
+// Median wall milliseconds of `repeats` calls of f (host clock around each call).
+template <class F>
+double median_ms(int repeats, F&& f) {
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) {
+    const auto a = std::chrono::steady_clock::now();
+    f();
+    t.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
 }
 
 }  // namespace dynsim::bench

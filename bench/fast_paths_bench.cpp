@@ -25,19 +25,6 @@ using namespace dynsim;
 
 namespace {
 
-template <class F>
-double median_ms(int repeats, F&& f) {
-  std::vector<double> t;
-  for (int i = 0; i < repeats; ++i) {
-    const auto a = std::chrono::steady_clock::now();
-    f();
-    t.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 double rel_diff(const Tensor& a, const Tensor& b) {
   double worst = 0, scale = 0;
   for (int64_t i = 0; i < a.numel(); ++i) {
@@ -116,8 +103,8 @@ int main(int argc, char** argv) {
       const int64_t ops_lit = s.operator_calls();
       const Recording rf = s.run(x, fast);
       const int64_t ops_fast = s.operator_calls();
-      const double ms_lit = median_ms(repeats, [&] { s.run(x, lit); });
-      const double ms_fast = median_ms(repeats, [&] { s.run(x, fast); });
+      const double ms_lit = bench::median_ms(repeats, [&] { s.run(x, lit); });
+      const double ms_fast = bench::median_ms(repeats, [&] { s.run(x, fast); });
       std::printf("%-12s %-9s %11.2f %11.2f %7.3f %10lld %10lld %10.2e\n", solver,
                   which == 0 ? "static" : "changing", ms_lit, ms_fast, ms_lit / ms_fast,
                   (long long)ops_lit, (long long)ops_fast, rel_diff(rf.logits, rl.logits));

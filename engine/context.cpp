@@ -9,6 +9,32 @@
 
 namespace dynsim {
 
+PlanKey& PlanKey::operator<<(int64_t x) {
+  if (n >= kMax) throw Error(concat("plan key '", kind, "': more than ", kMax, " values"));
+  v[n++] = x;
+  return *this;
+}
+
+bool PlanKey::operator==(const PlanKey& o) const {
+  if (n != o.n || std::strcmp(kind, o.kind) != 0) return false;
+  for (int i = 0; i < n; ++i)
+    if (v[i] != o.v[i]) return false;
+  return true;
+}
+
+std::string PlanKey::str() const {
+  std::string s = kind;
+  for (int i = 0; i < n; ++i) s += (i ? "," : " ") + std::to_string(v[i]);
+  return s;
+}
+
+size_t PlanKeyHash::operator()(const PlanKey& k) const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the kind's bytes, then the values
+  for (const char* c = k.kind; *c; ++c) h = (h ^ uint8_t(*c)) * 1099511628211ull;
+  for (int i = 0; i < k.n; ++i) h = (h ^ uint64_t(k.v[i])) * 1099511628211ull;
+  return size_t(h);
+}
+
 const char* precision_name(Precision p) {
   switch (p) {
     case Precision::FP32: return "fp32";

@@ -40,20 +40,47 @@ class ScratchArena {
   std::unique_ptr<Storage> buf_;
 };
 
-// Plans (cuDNN descriptors, chosen algorithms, ...) keyed by a string built from the problem.
+// A plan's identity without a heap allocation (looked up on every kernel call): a kind (a string
+// literal, compared by content) and up to 24 integers describing the problem.
+struct PlanKey {
+  static constexpr int kMax = 24;
+  const char* kind = "";
+  int n = 0;
+  int64_t v[kMax] = {};
+  explicit PlanKey(const char* k) : kind(k) {}
+  PlanKey& operator<<(int64_t x);  // Error past kMax values
+  bool operator==(const PlanKey& o) const;
+  std::string str() const;  // "kind v0,v1,..." for messages
+};
+struct PlanKeyHash {
+  size_t operator()(const PlanKey& k) const;
+};
+
+// Plans (cuDNN descriptors, chosen algorithms, device tables, ...) keyed by a PlanKey built from
+// the problem, or by a string for per-context singletons looked up rarely.
 class PlanCache {
  public:
   template <class T>
-  T& get_or_create(const std::string& key, const std::function<std::shared_ptr<T>()>& make) {
+  T& get_or_create(const PlanKey& key, const std::function<std::shared_ptr<T>()>& make) {
     auto it = plans_.find(key);
     if (it == plans_.end()) it = plans_.emplace(key, make()).first;
     return *static_cast<T*>(it->second.get());
   }
-  size_t size() const { return plans_.size(); }
-  void clear() { plans_.clear(); }
+  template <class T>
+  T& get_or_create(const std::string& key, const std::function<std::shared_ptr<T>()>& make) {
+    auto it = named_.find(key);
+    if (it == named_.end()) it = named_.emplace(key, make()).first;
+    return *static_cast<T*>(it->second.get());
+  }
+  size_t size() const { return plans_.size() + named_.size(); }
+  void clear() {
+    plans_.clear();
+    named_.clear();
+  }
 
  private:
-  std::unordered_map<std::string, std::shared_ptr<void>> plans_;
+  std::unordered_map<PlanKey, std::shared_ptr<void>, PlanKeyHash> plans_;
+  std::unordered_map<std::string, std::shared_ptr<void>> named_;
 };
 
 class Context {

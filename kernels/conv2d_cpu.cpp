@@ -716,11 +716,6 @@ void bias_grad(const Context& c, const Geom& g, const T* gy, T* gb, GradMode m) 
   }
 }
 
-template <class T>
-const T* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
 }  // namespace
 
 void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
@@ -734,9 +729,9 @@ void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Te
     check_arg(op, "y", y, x, ys);
     const Geom g = geometry(p, x.shape(), w.shape(), ys);
     if (g.depthwise)
-      depthwise_forward(c, g, x.data<T>(), w.data<T>(), data_or_null<T>(b), y.data<T>());
+      depthwise_forward(c, g, x.data<T>(), w.data<T>(), data_or_null<const T>(b), y.data<T>());
     else
-      gemm_forward(c, g, x.data<T>(), w.data<T>(), data_or_null<T>(b), y.data<T>());
+      gemm_forward(c, g, x.data<T>(), w.data<T>(), data_or_null<const T>(b), y.data<T>());
   });
 }
 

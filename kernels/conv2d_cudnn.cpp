@@ -104,14 +104,18 @@ ConvPlan& plan_for(Context& c, const Conv2dParams& p, DType dtype, const Shape& 
   const bool f64 = dtype == DType::F64;
   const bool tensor_ops = !f64 && c.precision() != Precision::FP32;
   const bool det = c.options().deterministic;
-  const std::string key = concat("conv2d ", dtype_name(dtype), " x", xs.str(), " w", ws.str(), " s",
-                                 p.stride_h, ",", p.stride_w, " p", p.pad_h, ",", p.pad_w, " g",
-                                 p.groups, tensor_ops ? " tf32" : " fma", det ? " det" : "");
+  // No allocation per call: the key holds the problem's numbers.
+  PlanKey key("conv2d");
+  key << int64_t(dtype) << p.stride_h << p.stride_w << p.pad_h << p.pad_w << p.groups
+      << tensor_ops << det;
+  for (int i = 0; i < 4; ++i) key << xs[i] << ws[i];
   return c.plans().get_or_create<ConvPlan>(key, [&] {
     auto pl = std::make_shared<ConvPlan>();
     const char* op = "conv2d (cuDNN)";
     const cudnnDataType_t dt = f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
-    pl->key = key;
+    pl->key = concat(dtype_name(dtype), " x", xs.str(), " w", ws.str(), " s", p.stride_h, ",",
+                     p.stride_w, " p", p.pad_h, ",", p.pad_w, " g", p.groups,
+                     tensor_ops ? " tf32" : " fma", det ? " det" : "");
     pl->tensor_ops = tensor_ops;
     pl->deterministic = det;
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&pl->x));

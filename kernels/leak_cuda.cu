@@ -18,14 +18,6 @@ bool tau_per_sample(const char* op, const Tensor& u, const Tensor& tau) {
   return tau.numel() == B && B > 1;
 }
 
-template <class T>
-const T* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-template <class T>
-T* out_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
 
 }  // namespace
 
@@ -37,7 +29,7 @@ void leak_forward_t(Context& c, const LeakParams& p, const Tensor& u, const Tens
   if (h.defined()) check_arg(op, "h", h, u, u.shape());
   const bool per_sample = tau_per_sample(op, u, tau);
   const int64_t n = u.numel(), per = u.dim(0) ? n / u.dim(0) : 0;
-  const T *pu = u.data<T>(), *ph = ptr_or_null<T>(h), *ptau = tau.data<T>();
+  const T *pu = u.data<T>(), *ph = data_or_null<const T>(h), *ptau = tau.data<T>();
   T* px = x.data<T>();
   const LeakRule rule = p.rule;
   const double dt = p.dt;
@@ -60,9 +52,9 @@ void leak_backward_t(Context& c, const LeakParams& p, const Tensor& grad_x, cons
   if (grad_tau.defined()) check_arg(op, "grad_tau", grad_tau, tau, tau.shape());
   const int64_t n = u.numel(), per = u.dim(0) ? n / u.dim(0) : 0;
   const T *g = grad_x.data<T>(), *pu = u.data<T>(), *ptau = tau.data<T>();
-  const T* ph = ptr_or_null<T>(h);
-  T* gu = out_or_null<T>(grad_u);
-  T* gh = ph ? out_or_null<T>(grad_h) : nullptr;
+  const T* ph = data_or_null<const T>(h);
+  T* gu = data_or_null<T>(grad_u);
+  T* gh = ph ? data_or_null<T>(grad_h) : nullptr;
   const LeakRule rule = p.rule;
   const double dt = p.dt;
   const bool acc = m == GradMode::Accumulate;
@@ -112,8 +104,8 @@ void leak_slope_backward_t(Context& c, const Tensor& grad_k, const Tensor& u, co
   if (grad_tau.defined()) check_arg(op, "grad_tau", grad_tau, tau, tau.shape());
   const int64_t n = u.numel(), per = u.dim(0) ? n / u.dim(0) : 0;
   const T *pg = grad_k.data<T>(), *pu = u.data<T>(), *pr = r.data<T>(), *ptau = tau.data<T>();
-  T* gu = out_or_null<T>(grad_u);
-  T* gr = out_or_null<T>(grad_r);
+  T* gu = data_or_null<T>(grad_u);
+  T* gr = data_or_null<T>(grad_r);
   const bool acc = m == GradMode::Accumulate;
   auto term = [=] __device__(int64_t i) -> double {
     const LeakSlopeGrad<T> d = leak_slope_grad(pg[i], pu[i], pr[i], ptau[per_sample ? i / per : 0]);

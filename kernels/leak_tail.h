@@ -74,6 +74,19 @@ void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor& grad_
                         const Tensor& grad_tau, GradMode m);
 }  // namespace cuda
 
+// The kernels' views of the terms and the supralinearity (both twins).
+template <class T>
+LeakTailTermPtrs<T> leak_tail_term_ptrs(const LeakTailTerms& terms) {
+  LeakTailTermPtrs<T> t{};
+  t.n = terms.size();
+  for (int k = 0; k < t.n; ++k) t.p[k] = terms[k].data<T>();
+  return t;
+}
+template <class T>
+LeakTailSupra<T> leak_tail_supra(const LeakTailParams& p) {
+  return {p.supralinear, T(p.supra.n), T(p.supra.k), T(p.supra.clamp)};
+}
+
 // Argument checks shared by both twins (kernels/leak_tail_cpu.cpp); they throw DataError naming
 // the op and the argument. Called after the twin has checked terms[0]'s device and dtype.
 struct LeakTailLayout {

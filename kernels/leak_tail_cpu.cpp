@@ -149,18 +149,6 @@ void for_each_run(const Context& c, const LeakTailLayout& l, int64_t run, F&& f)
   }
 }
 
-template <class T>
-LeakTailTermPtrs<T> term_ptrs(const LeakTailTerms& terms) {
-  LeakTailTermPtrs<T> t{};
-  t.n = terms.size();
-  for (int k = 0; k < t.n; ++k) t.p[k] = terms[k].data<T>();
-  return t;
-}
-
-template <class T>
-LeakTailSupra<T> supra_of(const LeakTailParams& p) {
-  return {p.supralinear, T(p.supra.n), T(p.supra.k), T(p.supra.clamp)};
-}
 
 // A run is processed in tiles of kTile elements, stage by stage (drive sum, leak step, rate):
 // each stage is a plain loop the compiler vectorises like the unfused ops', the tile's buffers
@@ -328,7 +316,7 @@ void leak_tail_forward(Context& c, const LeakTailParams& p, const LeakTailTerms&
   with_float_type(op, leak_tail_first_term(op, terms), [&](auto t) {
     using T = decltype(t);
     const LeakTailLayout l = check_leak_tail_forward(op, p, terms, h, tau, x, r);
-    const ForwardArgs<T> a{term_ptrs<T>(terms), supra_of<T>(p),
+    const ForwardArgs<T> a{leak_tail_term_ptrs<T>(terms), leak_tail_supra<T>(p),
                            h.defined() ? h.data<T>() : nullptr,
                            x.defined() ? x.data<T>() : nullptr, r.data<T>(), p.dt};
     const T* ptau = tau.data<T>();
@@ -350,8 +338,8 @@ void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor& grad_
     const LeakTailLayout l =
         check_leak_tail_backward(op, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h, grad_tau);
     const T* ph = h.defined() ? h.data<T>() : nullptr;
-    const BackwardArgs<T> a{term_ptrs<T>(terms),
-                            supra_of<T>(p),
+    const BackwardArgs<T> a{leak_tail_term_ptrs<T>(terms),
+                            leak_tail_supra<T>(p),
                             ph,
                             grad_r.defined() ? grad_r.data<T>() : nullptr,
                             grad_x.defined() ? grad_x.data<T>() : nullptr,

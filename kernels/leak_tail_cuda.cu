@@ -7,40 +7,15 @@
 #include "kernels/leak_tail.h"
 
 namespace dynsim::cuda {
-namespace {
-
-template <class T>
-LeakTailTermPtrs<T> term_ptrs(const LeakTailTerms& terms) {
-  LeakTailTermPtrs<T> t{};
-  t.n = terms.size();
-  for (int k = 0; k < t.n; ++k) t.p[k] = terms[k].data<T>();
-  return t;
-}
-
-template <class T>
-LeakTailSupra<T> supra_of(const LeakTailParams& p) {
-  return {p.supralinear, T(p.supra.n), T(p.supra.k), T(p.supra.clamp)};
-}
-
-template <class T>
-const T* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-template <class T>
-T* out_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-
-}  // namespace
 
 template <class T>
 void leak_tail_forward_t(Context& c, const LeakTailParams& p, const LeakTailLayout& l,
                          const LeakTailTerms& terms, const Tensor& h, const Tensor& tau,
                          const Tensor& x, const Tensor& r) {
-  const LeakTailTermPtrs<T> u = term_ptrs<T>(terms);
-  const LeakTailSupra<T> s = supra_of<T>(p);
-  const T *ph = ptr_or_null<T>(h), *ptau = tau.data<T>();
-  T* px = out_or_null<T>(x);
+  const LeakTailTermPtrs<T> u = leak_tail_term_ptrs<T>(terms);
+  const LeakTailSupra<T> s = leak_tail_supra<T>(p);
+  const T *ph = data_or_null<const T>(h), *ptau = tau.data<T>();
+  T* px = data_or_null<T>(x);
   T* pr = r.data<T>();
   const LeakRule rule = p.rule;
   const double dt = p.dt;
@@ -59,12 +34,12 @@ void leak_tail_backward_t(Context& c, const LeakTailParams& p, const LeakTailLay
                           const Tensor& grad_r, const Tensor& grad_x, const LeakTailTerms& terms,
                           const Tensor& h, const Tensor& tau, const Tensor& grad_u,
                           const Tensor& grad_h, const Tensor& grad_tau, GradMode m) {
-  const LeakTailTermPtrs<T> u = term_ptrs<T>(terms);
-  const LeakTailSupra<T> s = supra_of<T>(p);
-  const T *ph = ptr_or_null<T>(h), *ptau = tau.data<T>();
-  const T *gr = ptr_or_null<T>(grad_r), *gx = ptr_or_null<T>(grad_x);
-  T* gu = out_or_null<T>(grad_u);
-  T* gh = ph ? out_or_null<T>(grad_h) : nullptr;
+  const LeakTailTermPtrs<T> u = leak_tail_term_ptrs<T>(terms);
+  const LeakTailSupra<T> s = leak_tail_supra<T>(p);
+  const T *ph = data_or_null<const T>(h), *ptau = tau.data<T>();
+  const T *gr = data_or_null<const T>(grad_r), *gx = data_or_null<const T>(grad_x);
+  T* gu = data_or_null<T>(grad_u);
+  T* gh = ph ? data_or_null<T>(grad_h) : nullptr;
   const LeakRule rule = p.rule;
   const double dt = p.dt;
   const bool per_sample = l.per_sample_tau, acc = m == GradMode::Accumulate;

@@ -67,7 +67,7 @@ struct Ones {
 };
 template <class T>
 const T* ones(Context& c, int64_t n) {
-  Ones& o = c.plans().get_or_create<Ones>(concat("linear ones ", dtype_name(dtype_of<T>())),
+  Ones& o = c.plans().get_or_create<Ones>(PlanKey("linear ones") << int64_t(dtype_of<T>()),
                                           [] { return std::make_shared<Ones>(); });
   if (!o.t.defined() || o.t.numel() < n) {
     const int64_t len = std::max<int64_t>(n, 256);

@@ -27,8 +27,8 @@ Tensor upload(Context& c, const std::vector<int32_t>& v) {
 
 // The device tables of `map` (already checked by check_local_sheet_args).
 const SheetTables& tables(Context& c, const LocalSheetMap& map) {
-  const std::string key =
-      concat("local_sheet tables C", map.channels, " H", map.height, " W", map.width);
+  PlanKey key("local_sheet tables");
+  key << map.channels << map.height << map.width;
   return c.plans().get_or_create<SheetTables>(key, [&] {
     auto t = std::make_shared<SheetTables>();
     t->plane_to_layer = upload(c, map.plane_to_layer);

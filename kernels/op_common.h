@@ -1,6 +1,7 @@
 // Shared pieces of every op: the gradient write mode, dtype dispatch for the CPU twins and
 // argument checks that name the op and the tensor.
 #pragma once
+#include <type_traits>
 #include <utility>
 
 #include "engine/context.h"
@@ -18,6 +19,12 @@ inline void write_grad(T& dst, T v, GradMode m) {
     dst += v;
   else
     dst = v;
+}
+
+// The element pointer of an optional tensor (nullptr when undefined); T may be const.
+template <class T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data<std::remove_const_t<T>>() : nullptr;
 }
 
 namespace cpu {

@@ -80,7 +80,7 @@ double sum_squares(Context& c, const Tensor& x) {
   const char* op = "sum_squares";
   const bool f64 = is_f64(op, x);
   SumSquaresSlot& slot = c.plans().get_or_create<SumSquaresSlot>(
-      "sum_squares result", [] { return std::make_shared<SumSquaresSlot>(); });
+      PlanKey("sum_squares result"), [] { return std::make_shared<SumSquaresSlot>(); });
   if (!slot.value.defined()) slot.value = c.empty(Shape{1}, DType::F64);
   double* out = slot.value.data<double>();
   if (f64)

@@ -49,6 +49,36 @@ TEST_CASE("context: plan cache creates once per key") {
   CHECK(c.plans().size() == 1);
 }
 
+TEST_CASE("context: plan keys are kind + numbers, no allocation; string keys for singletons") {
+  Context c;
+  int made = 0;
+  auto make = [&] {
+    ++made;
+    return std::make_shared<int>(made);
+  };
+  PlanKey a("conv2d"), b("conv2d"), other("pool");
+  a << 1 << 64 << -3;
+  b << 1 << 64 << -3;
+  other << 1 << 64 << -3;
+  CHECK(a == b);
+  CHECK_FALSE(a == other);
+  CHECK(PlanKeyHash()(a) == PlanKeyHash()(b));
+  CHECK(a.str() == "conv2d 1,64,-3");
+  PlanKey shorter("conv2d");
+  shorter << 1 << 64;
+  CHECK_FALSE(a == shorter);
+  CHECK(c.plans().get_or_create<int>(a, make) == 1);
+  CHECK(c.plans().get_or_create<int>(b, make) == 1);  // same problem: same plan
+  CHECK(c.plans().get_or_create<int>(other, make) == 2);
+  CHECK(c.plans().get_or_create<int>(shorter, make) == 3);
+  CHECK(c.plans().get_or_create<int>(std::string("conv2d 1,64,-3"), make) == 4);  // own space
+  CHECK(c.plans().size() == 4);
+  PlanKey full("big");
+  for (int i = 0; i < PlanKey::kMax; ++i) full << i;
+  CHECK_THROWS_WITH_AS(full << 99, doctest::Contains("plan key 'big': more than 24 values"),
+                       Error);
+}
+
 TEST_CASE("context: copies on the host, and CUDA requests fail clearly without a device") {
   Context c;
   Tensor a = Tensor::from({3}, {1, 2, 3});

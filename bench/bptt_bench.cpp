@@ -5,6 +5,9 @@
 // so that neither the allocator's free lists nor the peak-RSS counter carry over between policies.
 // Usage: bptt_bench [--preset P] [--size HW] [--batch B] [--steps T] [--threads N] [--repeats R]
 //                   [--policies store-all,ckpt-1,...] [--all]
+// A policy name with the suffix "-unfused" (store-all-unfused, ckpt-2-unfused) runs with
+// BpttOptions::fused_tail off (the separate drive-sum, leak, ReLU and supralinearity nodes): the
+// fused step tail's speed-up, and its gradients checked bitwise against store-all's.
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -37,6 +40,7 @@ struct Policy {
   std::string name;  // "store-all" or "ckpt-K"
   MemoryPolicy memory = MemoryPolicy::StoreAll;
   int every = 0;
+  bool fused_tail = true;
 };
 
 // What a child sends back through its pipe, followed by grad_bytes bytes: every trainable
@@ -112,6 +116,7 @@ Measured measure(const Config& c, const Policy& p, int threads, int repeats,
   BpttOptions opt;
   opt.memory = p.memory;
   opt.checkpoint_every = p.every;
+  opt.fused_tail = p.fused_tail;
   const LossSpec loss;
 
   Measured m;
@@ -215,7 +220,7 @@ bool run_config(const Config& c, const std::vector<Policy>& policies, int thread
       "\n## %s %dx%d, batch %lld, T = %d real steps, euler, CE loss; median of %d after "
       "1 warm-up; load average %s\n",
       c.preset.c_str(), c.size, c.size, (long long)c.batch, c.steps, repeats, loadavg().c_str());
-  std::printf("%-10s %3s %9s %10s %9s %8s %8s %8s %8s %8s  %s\n", "policy", "thr", "pool MiB",
+  std::printf("%-17s %3s %9s %10s %9s %8s %8s %8s %8s %8s  %s\n", "policy", "thr", "pool MiB",
               "peak+ MiB", "train ms", "fwd ms", "trn/fwd", "time/SA", "pool/SA", "peak/SA",
               "grads vs store-all");
   bool ok = true;
@@ -230,7 +235,7 @@ bool run_config(const Config& c, const std::vector<Policy>& policies, int thread
     }
     const double peak = mib(double(m.peak_kb - m.rss_before_kb) * 1024.0);
     std::string same = "reference";
-    if (p.memory == MemoryPolicy::StoreAll) {
+    if (&p == &policies.front()) {  // store-all, fused: the reference
       // Equal gradients mean something only if they are not all zero.
       const size_t es = size_t(m.first_bytes / std::max<int64_t>(m.first_numel, 1));
       const std::vector<char> zero(es, 0);
@@ -250,7 +255,7 @@ bool run_config(const Config& c, const std::vector<Policy>& policies, int thread
       ok = ok && first && every;
     }
     const double ref_peak = mib(double(ref.peak_kb - ref.rss_before_kb) * 1024.0);
-    std::printf("%-10s %3d %9.1f %10.1f %9.1f %8.1f %8.2f %8.2f %8.3f %8.3f  %s\n", p.name.c_str(),
+    std::printf("%-17s %3d %9.1f %10.1f %9.1f %8.1f %8.2f %8.2f %8.3f %8.3f  %s\n", p.name.c_str(),
                 m.threads, mib(double(m.pool_bytes)), peak, m.train_ms, m.fwd_ms,
                 m.train_ms / m.fwd_ms, m.train_ms / ref.train_ms,
                 double(m.pool_bytes) / double(ref.pool_bytes), peak / ref_peak, same.c_str());
@@ -266,11 +271,18 @@ bool parse_policies(const std::string& list, std::vector<Policy>* out) {
   size_t at = 0;
   while (at <= list.size()) {
     const size_t end = std::min(list.find(',', at), list.size());
-    const std::string s = list.substr(at, end - at);
+    const std::string name = list.substr(at, end - at);
     at = end + 1;
-    if (s == "store-all") continue;
+    const std::string suffix = "-unfused";
+    const bool unfused = name.size() > suffix.size() &&
+                         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    const std::string s = unfused ? name.substr(0, name.size() - suffix.size()) : name;
+    if (s == "store-all") {
+      if (unfused) out->push_back(Policy{name, MemoryPolicy::StoreAll, 0, false});
+      continue;
+    }
     if (s.rfind("ckpt-", 0) != 0 || std::atoi(s.c_str() + 5) < 1) return false;
-    out->push_back(Policy{s, MemoryPolicy::Checkpoint, std::atoi(s.c_str() + 5)});
+    out->push_back(Policy{name, MemoryPolicy::Checkpoint, std::atoi(s.c_str() + 5), !unfused});
   }
   return true;
 }
@@ -317,7 +329,7 @@ int main(int argc, char** argv) {
   if (bad) {
     std::fprintf(stderr,
                  "usage: %s [--preset P] [--size HW] [--batch B] [--steps T] [--threads N] "
-                 "[--repeats R] [--policies store-all,ckpt-K,...] [--all]\n"
+                 "[--repeats R] [--policies store-all,ckpt-K,...[-unfused]] [--all]\n"
                  "  store-all always runs first (the reference of the ratios and gradients)\n",
                  argv[0]);
     return 64;

@@ -22,14 +22,17 @@ using Var = int;
 constexpr Var kNone = -1;
 constexpr int kInputTransform = -2;  // Node::index of the retina front-end operator
 
-enum class NodeKind : uint8_t { Op, Lin, Add, Gate, Frozen, Slope, Relu, Supra, Pool, Readout };
+// Tail: the fused step tail of a frozen step (kernels/leak_tail.h), r = S(relu(leak_step(sum of
+// the terms, h))); terms in lin_v[lin_begin ..), h in in0, x (kept only where it is read: the
+// solver's memory, the stability check) in aux.
+enum class NodeKind : uint8_t { Op, Lin, Add, Gate, Frozen, Slope, Relu, Supra, Pool, Readout, Tail };
 
 struct Node {
   NodeKind kind;
   Var out = kNone;
   Var in0 = kNone, in1 = kNone, in2 = kNone;
   Var aux = kNone;  // Pool: argmax (i32); Readout: the spatial mean
-  int index = -1;   // Op: connection (kInputTransform); Frozen, Slope, Supra, Pool: area
+  int index = -1;   // Op: connection (kInputTransform); Frozen, Slope, Supra, Pool, Tail: area
   int lin_begin = 0, lin_count = 0;  // Lin: y = sum c_k x_k over lin_c / lin_v
 };
 
@@ -176,6 +179,11 @@ struct Bptt::Impl {
   ButcherTableau tab;
   LeakRule rule = LeakRule::Euler;
   std::shared_ptr<FrozenSolver> custom;  // forward only
+  // Per area: every drive term is additive, and the number of connections that may add one
+  // (the fused tail takes at most LeakTailTerms::kMax terms).
+  std::vector<uint8_t> additive_only;
+  std::vector<int> drive_terms;
+  bool fused_tail = false;  // this run's frozen steps as Tail nodes (BpttOptions::fused_tail)
   int batch = -1;
   DType dtype = DType::F32;
   std::vector<int> ring_size, forward_delay;
@@ -225,6 +233,13 @@ struct Bptt::Impl {
       custom = s.custom;
     } else if (!leak_rule_of(s.name, &rule)) {
       builtin_frozen_solver(s.name);  // throws the ConfigError naming the choices
+    }
+    additive_only.assign(g.areas.size(), 1);
+    drive_terms.assign(g.areas.size(), 0);
+    for (const Connection& c : g.connections) {
+      if (c.entry == Entry::Output) ++drive_terms[size_t(c.target)];
+      if (c.integration != Integration::Additive && c.kind != ConnKind::Feedforward)
+        additive_only[size_t(c.target)] = 0;
     }
     const RingPlan plan = plan_rings(g, staged);
     ring_size = plan.size;
@@ -391,6 +406,42 @@ struct Bptt::Impl {
     m.index = a;
     return tp.add_node(m);
   }
+  LeakTailParams tail_params(int a) const {
+    const Area& ar = g.areas[size_t(a)];
+    LeakTailParams lp;
+    lp.rule = rule;
+    lp.dt = g.delays.dt;
+    lp.supralinear = ar.supralinearity != 1.0;
+    lp.supra.n = ar.supralinearity;
+    return lp;
+  }
+  LeakTailTerms tail_terms(const Node& n) const {
+    LeakTailTerms lt;
+    for (int k = 0; k < n.lin_count; ++k) lt.push(tp.v(tp.lin_v[size_t(n.lin_begin + k)]));
+    return lt;
+  }
+  // r = S(ReLU(leak_step(t_0 + t_1 + ..., h))) in one pass, with the bits of frozen_step's
+  // leak_forward over the chain of Add nodes and nonlinearity(). x (the state) is computed into
+  // *x_out only when x_out is set; the backward recomputes it from the terms, h and tau.
+  Var tail(int a, const std::vector<Var>& terms, Var h, Var* x_out) {
+    const Var r = tp.fresh(tp.v(terms[0]).shape(), dtype);
+    const Var x = x_out ? tp.fresh(tp.v(terms[0]).shape(), dtype) : kNone;
+    Node n{NodeKind::Tail};
+    n.out = r;
+    n.in0 = h;
+    n.aux = x;
+    n.index = a;
+    n.lin_begin = int(tp.lin_v.size());
+    n.lin_count = int(terms.size());
+    for (Var v : terms) {
+      tp.lin_c.push_back(1.0);
+      tp.lin_v.push_back(v);
+    }
+    ops::leak_tail_forward(ctx, tail_params(a), tail_terms(n), h == kNone ? Tensor() : tp.v(h),
+                           tau[size_t(a)], x == kNone ? Tensor() : tp.v(x), tp.v(r));
+    if (x_out) *x_out = x;
+    return tp.add_node(n);
+  }
   Var pool(int a, Var x) {
     const Area& ar = g.areas[size_t(a)];
     const Var y = tp.fresh(Shape{batch, ar.channels, ar.out_height(), ar.out_width()}, dtype);
@@ -439,9 +490,13 @@ struct Bptt::Impl {
 
   // ---- The schedule (engine/scheduler.cpp, step for step). ----
 
+  // With `collect` (an area whose terms are all additive, at most LeakTailTerms::kMax of them)
+  // the terms are listed in order for a Tail node instead of summed by Add nodes; u is then
+  // one of them (kNone when every term is absent).
   template <class Reader>
-  Var gather_drive(int a, Reader&& read, bool real) {
+  Var gather_drive(int a, Reader&& read, bool real, std::vector<Var>* collect = nullptr) {
     Var input_add = kNone, middle_add = kNone, u = kNone;
+    if (collect) collect->clear();
     auto monitor = [&](int ci, Var y) {
       if (real && conn_module[size_t(ci)] >= 0) note_module(conn_module[size_t(ci)], y);
     };
@@ -463,13 +518,18 @@ struct Bptt::Impl {
         const Var f = h != kNone ? op(int(ci), h, input_add, middle_add)
                                  : op(int(ci), input_add, kNone, middle_add);
         monitor(int(ci), f);
-        u = u == kNone ? f : binary(NodeKind::Add, u, f);
+        if (collect)
+          collect->push_back(f), u = f;
+        else
+          u = u == kNone ? f : binary(NodeKind::Add, u, f);
         continue;
       }
       if (h == kNone) continue;
       const Var term = op(int(ci), h);
       monitor(int(ci), term);
-      if (u == kNone)
+      if (collect)
+        collect->push_back(term), u = term;
+      else if (u == kNone)
         u = term;  // an absent x gives T(h) alone, in both modes
       else
         u = binary(c.integration == Integration::Additive ? NodeKind::Add : NodeKind::Gate, u, term);
@@ -496,6 +556,7 @@ struct Bptt::Impl {
     fwd[size_t(a)] = g.areas[size_t(a)].has_pool ? pool(a, src) : src;
   }
 
+  std::vector<Var> tail_buf;  // the drive terms of a fused area's step
   void step_area(int a, int64_t t, Var x_in, bool real) {
     auto read = [&](size_t ci) -> Var {
       const Connection& c = g.connections[ci];
@@ -504,11 +565,25 @@ struct Bptt::Impl {
       if (c.kind == ConnKind::Feedforward) return fwd[size_t(c.source)];
       return rings[size_t(c.source)].at(t - c.delay_steps);
     };
-    const Var u = gather_drive(a, read, real);
+    const bool fuse = fused_tail && additive_only[size_t(a)] &&
+                      drive_terms[size_t(a)] <= LeakTailTerms::kMax;
+    const Var u = gather_drive(a, read, real, fuse ? &tail_buf : nullptr);
     const Var prev = g.ring_capacity >= 1 ? rings[size_t(a)].at(t - 1) : kNone;
     const bool present = u != kNone;
     Var r = kNone;
-    if (present) {
+    if (present && fuse) {
+      const Var h = prev != kNone ? prev : (memory_present[size_t(a)] ? memory[size_t(a)] : kNone);
+      Var x = kNone;
+      const bool want_x = prev == kNone || ropt->stability_check;
+      r = tail(a, tail_buf, h, want_x ? &x : nullptr);
+      if (prev == kNone) {  // the solver's private memory: written only when no rate was passed
+        memory[size_t(a)] = x;
+        memory_present[size_t(a)] = 1;
+      }
+      if (ropt->stability_check)
+        check_finite(a, t, x, t < ropt->idle_steps ? "idle phase" : "real phase");
+      if (real) note_area(a, r);
+    } else if (present) {
       const Var h = prev != kNone ? prev : (memory_present[size_t(a)] ? memory[size_t(a)] : kNone);
       const Var x = frozen_step(a, u, h);
       if (prev == kNone) {  // the solver's private memory: written only when no rate was passed
@@ -835,7 +910,10 @@ struct Bptt::Impl {
       for (int k = 0; k < monitor_count[size_t(n.out)]; ++k)
         seed_activity(n.out, activity_coef_,
                       lspec->activity_mode == ActivityMode::Marked && lspec->activity_signed);
-      if (!tp.grad[size_t(n.out)].defined()) continue;  // nothing flows back through it
+      // Nothing flows back through it (a Tail node also passes on its x's own gradient).
+      if (!tp.grad[size_t(n.out)].defined() &&
+          !(n.kind == NodeKind::Tail && n.aux != kNone && tp.grad[size_t(n.aux)].defined()))
+        continue;
       const Tensor gy = tp.grad[size_t(n.out)];
       switch (n.kind) {
         case NodeKind::Op: {
@@ -884,6 +962,25 @@ struct Bptt::Impl {
             ops::maxpool2d_backward(ctx, g.areas[size_t(n.index)].pool, gy, tp.v(n.aux),
                                     tp.g(n.in0), acc);
           break;
+        case NodeKind::Tail: {
+          // The unfused chain's bits: every term's gradient is 0 + dL/du (the Add nodes pass
+          // dL/du on unchanged into zeroed buffers): the first term that needs one gets it from
+          // the op (accumulated into its zeroed buffer), the others a copy added to theirs.
+          const Tensor gx = n.aux != kNone ? tp.grad[size_t(n.aux)] : Tensor();
+          Var first = kNone;
+          for (int k = 0; k < n.lin_count && first == kNone; ++k)
+            if (tp.needs(tp.lin_v[size_t(n.lin_begin + k)])) first = tp.lin_v[size_t(n.lin_begin + k)];
+          const Tensor gu = first == kNone ? Tensor() : tp.g(first);
+          ops::leak_tail_backward(ctx, tail_params(n.index), gy, gx, tail_terms(n),
+                                  n.in0 == kNone ? Tensor() : tp.v(n.in0), tau[size_t(n.index)],
+                                  gu, tp.g_or_none(n.in0), gtau[size_t(n.index)], acc);
+          for (int k = 0; k < n.lin_count; ++k) {
+            const Var v = tp.lin_v[size_t(n.lin_begin + k)];
+            if (v != first && tp.needs(v)) ops::axpy(ctx, 1.0, gu, tp.g(v));
+          }
+          if (n.aux != kNone) tp.release(n.aux);
+          break;
+        }
         case NodeKind::Readout: {
           const Tensor& gmean = tp.g(n.aux);
           ops::linear_backward(ctx, gy, tp.v(n.aux), g.params.get(g.readout.weight), gmean,
@@ -953,6 +1050,7 @@ struct Bptt::Impl {
                                        "' is a custom FrozenSolver without a reverse mode"));
     allocate(B, in.dtype());
     prepare_tau();
+    fused_tail = opt.fused_tail && !staged && !custom;
     input = &in;
     ropt = &opt.run;
     lspec = &loss;

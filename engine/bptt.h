@@ -52,6 +52,12 @@ struct BpttOptions {
   int tbptt = 0;   // detach the rings after every n-th real step (counting from 1); 0: never
   MemoryPolicy memory = MemoryPolicy::StoreAll;
   int checkpoint_every = 0;  // Checkpoint: steps per segment (>= 1)
+  // Exact fast path (the bits of the literal order, tests/engine/test_bptt.cpp): a built-in
+  // frozen solver's step (drive sum, leak step, ReLU, supralinearity) of an area whose drive
+  // terms are all additive (at most 8) is one node, ops::leak_tail_forward / _backward, which
+  // stores only r (and x where the solver's memory or the stability check reads it) and
+  // recomputes x in the reverse sweep. Off: the separate nodes. run.fast_paths is not read.
+  bool fused_tail = true;
   // For checks of the cuts: with record_cuts set, the values detached at each cut are stored
   // there (in cut order); with frozen_cuts set, the stored values replace the computed ones at
   // the cuts, which makes the loss a function whose exact derivative is the truncated gradient

@@ -7,6 +7,9 @@
 // after its final copy to the host, so the GPU work is included), and the peak device memory the
 // engine allocated (device_memory(): tensors and scratch, without the CUDA context or library
 // internals) next to cudaMemGetInfo's used bytes. One JSON line per row with --json FILE.
+// fp32 also gets a "forward+graph" row: the same run with RunOptions::cuda_graph (the step loop
+// captured once and replayed; two untimed runs first: the warm-up and the capture), whose note
+// says whether its recording has the bits of the plain forward's.
 // Without a CUDA device (or in a build without CUDA) it says so and exits 0.
 // Usage: dyrcnn_gpu_bench [--sizes 64,224] [--batch 64] [--steps 20] [--repeats 5]
 //                         [--solver euler] [--precisions fp32,tf32,bf16] [--no-train] [--json F]
@@ -14,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -106,9 +110,10 @@ Graph build(int size) {
   return models::build_dyrcnn(m);
 }
 
-// The forward: one Scheduler per precision, the input on the device before the timing.
-Row forward_row(const Options& o, int size, Precision p) {
-  Row r{"forward", precision_name(p), "", size};
+// The forward: one Scheduler per precision, the input on the device before the timing; with
+// `graph` the step loop replayed as a CUDA graph (RunOptions::cuda_graph).
+Row forward_row(const Options& o, int size, Precision p, bool graph = false) {
+  Row r{graph ? "forward+graph" : "forward", precision_name(p), "", size};
   Graph g = build(size);
   ContextOptions co;
   co.device = Device::Cuda;
@@ -118,13 +123,31 @@ Row forward_row(const Options& o, int size, Precision p) {
   Scheduler sched(ctx, g, SolverSpec(o.solver));
   RunOptions ro;
   ro.record = RecordMode::Layer;
+  ro.cuda_graph = graph;
   reset_device_memory_peak(0);
   sched.run(input, ro);  // warm-up: allocation, cuDNN plans, parameter copies
+  Recording replayed;
+  if (graph) replayed = sched.run(input, ro);  // the capture (and its first launch)
   r.run_ms = median_ms(o.repeats, [&] { sched.run(input, ro); });
   r.engine_peak = device_memory(0).peak;
   r.used = device_used();
   r.note = "layer recording; peak includes the " + std::to_string(int(mib(input.nbytes()))) +
            " MiB input";
+  if (graph) {
+    replayed = sched.run(input, ro);
+    RunOptions plain_ro = ro;
+    plain_ro.cuda_graph = false;
+    Scheduler plain(ctx, g, SolverSpec(o.solver));
+    const Recording want = plain.run(input, plain_ro);
+    bool same = std::memcmp(replayed.logits.raw(), want.logits.raw(), want.logits.nbytes()) == 0;
+    for (size_t a = 0; a < want.mean_abs.size(); ++a)
+      same = same &&
+             std::memcmp(replayed.mean_abs[a].raw(), want.mean_abs[a].raw(),
+                         want.mean_abs[a].nbytes()) == 0 &&
+             std::memcmp(replayed.std_abs[a].raw(), want.std_abs[a].raw(),
+                         want.std_abs[a].nbytes()) == 0;
+    r.note += same ? "; replay has the forward's bits" : "; REPLAY DIFFERS from the forward";
+  }
   return r;
 }
 
@@ -251,6 +274,13 @@ int main(int argc, char** argv) {
       } catch (const Error& e) {
         ++failed;
         print_row(o, Row{"forward", p, std::string("FAILED: ") + e.what(), size}, json);
+      }
+      if (p != "fp32") continue;
+      try {
+        print_row(o, forward_row(o, size, Precision::FP32, true), json);
+      } catch (const Error& e) {
+        ++failed;
+        print_row(o, Row{"forward+graph", p, std::string("FAILED: ") + e.what(), size}, json);
       }
     }
     if (o.train) print_row(o, train_row(o, size), json);

@@ -49,6 +49,30 @@ void Recorder::logits(int64_t tr, const Tensor& y) {
   ctx_.copy_rows(logits_.view(Shape{BT, K_}).slice(tr, BT), int64_t(T_) * K_, y, K_, B_, K_);
 }
 
+void Recorder::clear() {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (size_t a = 0; a < mean_.size(); ++a) {
+    ops::fill(ctx_, nan, mean_[a]);
+    ops::fill(ctx_, nan, sd_[a]);
+  }
+  for (const Tensor& f : full_) ops::fill(ctx_, 0.0, f);
+  if (K_ > 0) ops::fill(ctx_, 0.0, logits_);
+}
+
+Recording Recorder::copy_out() {
+  Recording r;
+  r.steps = rec_.steps;
+  r.areas = rec_.areas;
+  r.present = rec_.present;
+  for (size_t a = 0; a < mean_.size(); ++a) {
+    r.mean_abs.push_back(ctx_.to_host(mean_[a]));
+    r.std_abs.push_back(ctx_.to_host(sd_[a]));
+  }
+  for (const Tensor& f : full_) r.rates.push_back(ctx_.to_host(f));
+  r.logits = ctx_.to_host(logits_);
+  return r;
+}
+
 Recording Recorder::finish() {
   for (size_t a = 0; a < mean_.size(); ++a) {
     rec_.mean_abs.push_back(ctx_.host_view(mean_[a]));

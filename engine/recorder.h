@@ -25,6 +25,11 @@ class Recorder {
   void logits(int64_t tr, const Tensor& y);
   // The host Recording (waits for the stream once).
   Recording finish();
+  // For a recorder kept across runs (the Scheduler's CUDA-graph replay): clear() enqueues the
+  // fills of a fresh recorder again (NaN statistics, zero rates and logits; the present flags
+  // stay, they depend on the run's shape only); copy_out() is finish() that keeps the buffers.
+  void clear();
+  Recording copy_out();
 
  private:
   Context& ctx_;

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
+#include "engine/cuda_graph.h"
 #include "engine/operators.h"
 #include "engine/recorder.h"
 #include "kernels/dispatch.h"
@@ -235,6 +237,7 @@ struct Scheduler::Impl {
     const bool copy_params = params_need_copy(ctx, g.params, t);
     if (B == batch && t == dtype && copy_params == params_copied && strided == strided_skip) return;
     strided_skip = strided;
+    cg = GraphState{};  // the buffers a captured loop points into are about to be replaced
     if (ops::on_cuda(ctx)) {
       const std::string why = cuda_unsupported(g, t);
       if (!why.empty()) throw NotImplemented(why);
@@ -366,6 +369,10 @@ struct Scheduler::Impl {
   }
 
   Recording run(const Tensor& input, const RunOptions& opt) {
+    if (opt.cuda_graph && !ops::on_cuda(ctx))
+      throw ConfigError(
+          "scheduler: cuda_graph (simulation.cuda_graph) needs a CUDA context; this run is on "
+          "the CPU, where there is no step loop to capture");
     if (input.rank() != 5)
       throw DataError(concat("scheduler: input must be [B, T, C, H, W], got ", input.str()));
     const int B = int(input.dim(0)), T = int(input.dim(1));
@@ -375,6 +382,7 @@ struct Scheduler::Impl {
                              "x", input.dim(4), " but the model expects ", g.input_channels, "x",
                              g.input_height, "x", g.input_width));
     allocate(B, input.dtype(), opt.fast_paths);
+    steps_of_run = T;
     last_calls = 0;
     const int64_t calls_at_start = total_calls();
     const size_t A = g.areas.size();
@@ -404,17 +412,37 @@ struct Scheduler::Impl {
     initial_slope_set = false;
     std::fill(memory_present.begin(), memory_present.end(), 0);
     fwd_src.assign(A, nullptr);
+    if (opt.cuda_graph) return run_graph(input, opt, repeats, chunk, calls_at_start);
     // A host sequence on a CUDA context goes over once, not frame by frame.
     const Tensor seq = input.device() == ctx.device() ? input : ctx.to_device(input);
+    Recorder recorder(ctx, g, B, T, readout_classes(), dtype, opt.record);
+    const std::unique_ptr<StabilityProbes> probes = make_probes(opt);
+    step_loop(seq, opt, repeats, chunk, recorder, probes.get());
+    last_calls = total_calls() - calls_at_start;
+    if (probes) probes->check_all();
+    return recorder.finish();
+  }
 
+  int readout_classes() const { return g.readout.source >= 0 ? g.readout.n_classes : 0; }
+  std::unique_ptr<StabilityProbes> make_probes(const RunOptions& opt) const {
+    if (!opt.stability_check) return nullptr;
+    const int64_t total = int64_t(opt.idle_steps) + steps_of_run;
+    return std::make_unique<StabilityProbes>(ctx, g, total, opt.idle_steps, dtype,
+                                             staged ? tab.name : std::string());
+  }
+  int steps_of_run = 0;  // T of the current run (run())
+
+  // The step loop over the device (or host) sequence seq [B, T, C, H, W]: everything between
+  // the run's set-up and the host read of the recording. With RunOptions::cuda_graph this is
+  // the captured region, so it issues only stream work on the device: no allocation, no host
+  // read, no sync (CUDA), and its host-side bookkeeping depends on the run's shape only.
+  void step_loop(const Tensor& seq, const RunOptions& opt, const std::vector<uint8_t>& repeats,
+                 int chunk, Recorder& recorder, StabilityProbes* probes) {
+    const size_t A = g.areas.size();
+    const int B = batch, T = int(seq.dim(1));
     const int K = g.readout.source >= 0 ? g.readout.n_classes : 0;
     const int64_t frame_elems = frame.numel() / B;
     const int64_t total = int64_t(opt.idle_steps) + T;
-    Recorder recorder(ctx, g, B, T, K, dtype, opt.record);
-    std::unique_ptr<StabilityProbes> probes;
-    if (opt.stability_check)
-      probes = std::make_unique<StabilityProbes>(ctx, g, total, opt.idle_steps, dtype,
-                                                 staged ? tab.name : std::string());
     bool adaption_started = false;
     std::vector<uint8_t> fwd_present(A, 0), r_present(A, 0);
     const Tensor seq_rows = seq.view(Shape{int64_t(B) * T, frame_elems});
@@ -449,10 +477,10 @@ struct Scheduler::Impl {
       }
 
       if (staged)
-        step_staged(t, *x_in, fwd_present, r_present, probes.get());
+        step_staged(t, *x_in, fwd_present, r_present, probes);
       else
         for (size_t a = 0; a < A; ++a)
-          step_area(int(a), t, *x_in, fwd_present, r_present, probes.get());
+          step_area(int(a), t, *x_in, fwd_present, r_present, probes);
 
       if (idle) continue;
       for (size_t a = 0; a < A; ++a) recorder.rates(int(a), tr, rings[a].at(t), r_present[a]);
@@ -471,9 +499,120 @@ struct Scheduler::Impl {
       }
     }
     flush_readout(recorder);
-    last_calls = total_calls() - calls_at_start;
-    if (probes) probes->check_all();
-    return recorder.finish();
+  }
+
+  // ---- CUDA-graph replay (RunOptions::cuda_graph) ----------------------------------------------
+  // One graph is kept, for the last run key; the recorder, the probes and the input buffer it
+  // points into live with it. Host-side loop state (rings' step and present slots, the
+  // recording's present flags, the probes' written slots) is the same on every run of a key, so
+  // a replay only relaunches the device work; the recording's present flags come from the
+  // captured run's host pass.
+  struct GraphState {
+    std::vector<uint64_t> key;    // what the captured loop's control flow depends on
+    std::vector<uint64_t> bound;  // what its kernels have baked in (bindings())
+    bool warmed = false;
+    Tensor input;  // the persistent device copy of the input sequence
+    std::unique_ptr<Recorder> recorder;
+    std::unique_ptr<StabilityProbes> probes;
+    CudaGraph exec;
+    int64_t calls = 0;  // operator evaluations of the captured loop
+  };
+  GraphState cg;
+
+  static void put(std::vector<uint64_t>& v, double x) {
+    uint64_t u = 0;
+    std::memcpy(&u, &x, sizeof u);
+    v.push_back(u);
+  }
+  std::vector<uint64_t> graph_key(const Tensor& input, const RunOptions& opt,
+                                  const std::vector<uint8_t>& repeats, int chunk) const {
+    std::vector<uint64_t> k{uint64_t(input.dim(0)), uint64_t(input.dim(1)),
+                            uint64_t(opt.idle_steps), uint64_t(opt.record),
+                            uint64_t(opt.fast_paths), uint64_t(chunk),
+                            uint64_t(opt.stability_check), uint64_t(dtype)};
+    put(k, opt.input_adaption_weight);
+    put(k, double(opt.non_input_value));
+    k.insert(k.end(), repeats.begin(), repeats.end());
+    return k;
+  }
+  // Host values and addresses the captured kernels hold as arguments: the scratch arena, every
+  // parameter and tau buffer, the classifier's chunk buffers, dt and the supralinearities, and the self recurrence's scalars
+  // (OperatorRunner::begin_run reads them on the host; training changes them). Read after
+  // refresh_parameters(); a change captures the loop again.
+  std::vector<uint64_t> bindings() {
+    std::vector<uint64_t> b;
+    auto ptr = [&](const void* p) { b.push_back(uint64_t(reinterpret_cast<uintptr_t>(p))); };
+    ScratchArena& sa = ctx.scratch();
+    b.push_back(uint64_t(sa.capacity()));
+    ptr(sa.capacity() > 0 ? sa.get(sa.capacity()) : nullptr);  // no growth: just the address
+    for (const auto& e : params->entries()) ptr(e.value.raw());
+    for (const Tensor& t : tau) ptr(t.raw());
+    ptr(readout_rows.defined() ? readout_rows.raw() : nullptr);  // re-sized by run()
+    ptr(logits_rows.defined() ? logits_rows.raw() : nullptr);
+    put(b, g.delays.dt);
+    for (const Area& a : g.areas) put(b, a.supralinearity);
+    auto self_scalars = [&](const OpSpec& op) {
+      if (op.kind != OpKind::Self) return;
+      for (const std::string& name : op.params) {
+        const Tensor h = ctx.host_view(params->get(name));
+        for (int64_t i = 0; i < h.numel(); ++i) put(b, h.item(i));
+      }
+    };
+    for (const Connection& c : g.connections) self_scalars(c.op);
+    if (input_runner) self_scalars(g.input_transform);
+    return b;
+  }
+
+  // A run with cuda_graph on (a CUDA context, parameters refreshed): the input goes into the
+  // persistent buffer; the first run of a key is an ordinary run (warm-up: plans, scratch and
+  // library workspaces reach their size), the next captures step_loop and launches it, later
+  // ones launch it (capturing anew when bindings() changed).
+  Recording run_graph(const Tensor& input, const RunOptions& opt,
+                      const std::vector<uint8_t>& repeats, int chunk, int64_t calls_at_start) {
+    std::vector<uint64_t> key = graph_key(input, opt, repeats, chunk);
+    if (key != cg.key) {
+      cg = GraphState{};
+      cg.key = std::move(key);
+    }
+    if (!cg.input.defined()) cg.input = ctx.empty(input.shape(), dtype);
+    ctx.copy(cg.input, input);  // one H2D (host input) or D2D (device input) copy
+    if (!cg.warmed) {
+      Recorder recorder(ctx, g, batch, steps_of_run, readout_classes(), dtype, opt.record);
+      const std::unique_ptr<StabilityProbes> probes = make_probes(opt);
+      step_loop(cg.input, opt, repeats, chunk, recorder, probes.get());
+      last_calls = total_calls() - calls_at_start;
+      cg.warmed = true;
+      if (probes) probes->check_all();
+      return recorder.finish();
+    }
+    std::vector<uint64_t> bound = bindings();
+    if (cg.exec.ready() && bound != cg.bound) cg.exec.reset();
+    if (!cg.exec.ready()) {
+      if (!cg.recorder) {  // allocated (and filled) outside the capture
+        cg.recorder = std::make_unique<Recorder>(ctx, g, batch, steps_of_run, readout_classes(),
+                                                 dtype, opt.record);
+        cg.probes = make_probes(opt);
+      }
+      void* stream = ctx.stream();
+      cuda_graph_begin_capture(stream);
+      try {
+        cg.recorder->clear();  // each replay starts from a fresh recording
+        step_loop(cg.input, opt, repeats, chunk, *cg.recorder, cg.probes.get());
+        cg.exec = cuda_graph_end_capture(stream);
+      } catch (const std::exception& e) {
+        cuda_graph_abort_capture(stream);
+        cg = GraphState{};
+        throw Error(concat("scheduler: cuda_graph: capturing the step loop failed (run without "
+                           "cuda_graph): ",
+                           e.what()));
+      }
+      cg.calls = total_calls() - calls_at_start;
+      cg.bound = std::move(bound);
+    }
+    cg.exec.launch(ctx.stream());
+    last_calls = cg.calls;
+    if (cg.probes) cg.probes->check_all();
+    return cg.recorder->copy_out();
   }
 
   // The classifier over the steps collected in readout_rows: one GEMM, then each step's logits

@@ -42,6 +42,16 @@ struct RunOptions {
   // where a per-step GEMM costs no launch and keeps the logits bit-identical to the reverse
   // mode's forward (engine/bptt.h; a taller GEMM may round differently).
   int readout_chunk = 0;
+  // CUDA only (ConfigError on a CPU context): capture the step loop as one CUDA graph and replay
+  // it. The first run of a shape (batch, steps, idle steps, record mode, fast paths, readout
+  // chunk, stability check, input adaption, blank value, the input's frame-repeat pattern,
+  // dtype) runs as usual (warm-up: plans, scratch, library workspaces), the second captures the
+  // loop and launches it, later ones launch it; every run copies its input into one persistent
+  // device buffer and refreshes the parameters first, so new inputs and trained values are seen.
+  // A change of what the kernels have baked in (the self recurrence's scalars, a parameter or
+  // scratch buffer that moved) captures again. One graph is kept (the last shape); each replay
+  // gives the bits of the same run without it.
+  bool cuda_graph = false;
 };
 
 struct Recording {  // host tensors

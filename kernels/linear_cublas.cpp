@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <memory>
+#include <vector>
 
 #include "engine/cuda_check.h"
 #include "kernels/linear.h"
@@ -61,9 +62,12 @@ Dims check_inputs(const char* op, const Tensor& x, const Tensor& w) {
   return {int(x.dim(0)), int(x.dim(1)), int(w.dim(0))};
 }
 
-// A device vector of at least n ones of type T, kept per context (grown, never shrunk).
+// A device vector of at least n ones of type T, kept per context (grown, never shrunk). A grown
+// vector's predecessors stay allocated: a captured CUDA graph (engine/cuda_graph.h) may hold
+// their address.
 struct Ones {
   Tensor t;
+  std::vector<Tensor> retired;
 };
 template <class T>
 const T* ones(Context& c, int64_t n) {
@@ -73,6 +77,7 @@ const T* ones(Context& c, int64_t n) {
     const int64_t len = std::max<int64_t>(n, 256);
     Tensor host = Tensor::empty(Shape{len}, dtype_of<T>());
     std::fill(host.data<T>(), host.data<T>() + len, T(1));
+    if (o.t.defined()) o.retired.push_back(o.t);
     o.t = c.to_device(host);
   }
   return o.t.data<T>();

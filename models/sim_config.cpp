@@ -122,6 +122,9 @@ ConfigSchema make_schema() {
   s.add_bool("simulation.fast_paths", true,
              "exact savings: strided skip convs, input convs once per repeated frame, the "
              "classifier once per chunk of steps (false: DynVision's literal order)");
+  s.add_bool("simulation.cuda_graph", false,
+             "CUDA only: capture the step loop as a CUDA graph on the second run of a shape and "
+             "replay it (same bits; an error with device cpu, ignored when auto runs on the CPU)");
 
   s.add_enum("stimulus.kind", {"grating", "flash", "noise", "image", "npy"}, "grating",
              "built-in stimulus, an image file or a .npy array");
@@ -417,6 +420,7 @@ RunOptions run_options(const Config& cfg) {
   r.stability_check = cfg.get_bool("dynamics.stability_check");
   r.input_adaption_weight = cfg.get_double("model.input_adaption_weight");
   r.fast_paths = cfg.get_bool("simulation.fast_paths");
+  r.cuda_graph = cfg.get_bool("simulation.cuda_graph");
   return r;
 }
 

@@ -190,10 +190,14 @@ int run_simulate(const SimulateArgs& a) {
   }
   const RunOptions ro = models::run_options(cfg);
   const auto t0 = std::chrono::steady_clock::now();
+  bool cpu_fallback = false;
   auto simulate = [&](const ContextOptions& o) {
     Context ctx(o);
     Scheduler sched(ctx, g, models::solver_spec(cfg));
-    return sched.run(input, ro);
+    RunOptions r = ro;
+    // auto: simulation.cuda_graph applies where the run is on the device.
+    if (dev == "auto" && (!on_cuda || cpu_fallback)) r.cuda_graph = false;
+    return sched.run(input, r);
   };
   Recording rec;
   try {
@@ -206,6 +210,7 @@ int run_simulate(const SimulateArgs& a) {
               << "); running on the CPU\n";
     co.device = Device::Cpu;
     device_note = concat("cpu (auto: the CUDA run failed: ", e.what(), ")");
+    cpu_fallback = true;
     rec = simulate(co);
   }
   // Where the stimulus starts (the earliest per-sample onset).

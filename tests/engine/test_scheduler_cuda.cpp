@@ -12,38 +12,13 @@
 #include "engine/device.h"
 #include "engine/scheduler.h"
 #include "models/dyrcnn/dyrcnn.h"
+#include "tests/engine/scheduler_cases.h"
 #include "tests/harness.h"
 
 using namespace dynsim;
 using namespace dynsim::test;
 
 namespace {
-
-models::DyRCNNOptions dyrcnn(const std::string& preset, int size) {
-  models::DyRCNNOptions o;
-  o.preset = preset;
-  o.height = o.width = size;
-  o.n_classes = 10;
-  o.max_weight_init = 0.05;  // recurrence and skips that visibly matter
-  return o;
-}
-
-Context cuda_context() {
-  ContextOptions o;
-  o.device = Device::Cuda;
-  return Context(o);
-}
-
-bool no_device() {
-  if (cuda_device_count() > 0) return false;
-  MESSAGE("SKIPPED: no CUDA device");
-  return true;
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
-}
 
 // got within rel * max|want| of want, element by element; NaN exactly where want has NaN.
 void require_rel(const Tensor& got, const Tensor& want, double rel, const std::string& what) {

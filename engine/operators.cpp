@@ -19,8 +19,8 @@ struct OperatorRunner::Impl {
   Conv2dParams p1, p2;
   Shape out;
   LocalSheetMap sheet;        // Local / LocalDepthwise
-  bool resize = false;
-  int64_t calls = 0;        // a nearest resize follows the operator (not folded into a stride)
+  bool resize = false;        // a nearest resize follows the operator (not folded into a stride)
+  int64_t calls = 0;          // forward() calls (forward_calls())
   bool scalars_read = false;  // Self: w_value, b_value hold w and b (begin_run)
   double w_value = 0, b_value = 0;
 };

@@ -173,10 +173,10 @@ int run_simulate(const SimulateArgs& a) {
   co.threads = int(cfg.get_int("simulation.threads"));
   const std::string dev = cfg.get_string("simulation.device");
   std::string device_note = "cpu";
-  // auto: the CUDA device when there is one and the scheduler runs this graph there (not the
-  // local recurrence types, not f64), else the CPU; a CUDA run that fails is redone on the CPU
-  // with a warning (the wall time then includes the failed attempt). cuda: the device or an error (the Context names a missing device or a
-  // build without CUDA).
+  // auto: the CUDA device when there is one and the scheduler runs this graph there
+  // (cuda_unsupported: f64 does not), else the CPU; a CUDA run that fails is redone on the CPU
+  // with a warning (the wall time then includes the failed attempt). cuda: the device or an
+  // error (the Context names a missing device or a build without CUDA).
   bool on_cuda = dev == "cuda";
   if (dev == "auto" && cuda_device_count() > 0) {
     const std::string why = cuda_unsupported(g, input.dtype());

@@ -78,22 +78,6 @@ bool reset_hwm() {
 
 using bench::values;
 
-double ms_since(std::chrono::steady_clock::time_point a) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count();
-}
-
-template <class F>
-double median_ms(int repeats, F&& f) {
-  std::vector<double> t;
-  for (int i = 0; i < repeats; ++i) {
-    const auto a = std::chrono::steady_clock::now();
-    f();
-    t.push_back(ms_since(a));
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 // The child's work: build, one measured training step (it also plans and fills the pools, i.e. it
 // is the warm-up), then the timed train steps and forward-only runs.
 Measured measure(const Config& c, const Policy& p, int threads, int repeats,
@@ -136,9 +120,10 @@ Measured measure(const Config& c, const Policy& p, int threads, int repeats,
     }
   }
   m.grad_bytes = int64_t(grad_bytes->size());
-  m.train_ms = median_ms(repeats, [&] { bp.run(input, labels, {}, loss, opt, &grads); });
+  m.train_ms =
+      bench::median_ms(repeats, [&] { bp.run(input, labels, {}, loss, opt, &grads); });
   bp.run(input, labels, {}, loss, opt, nullptr);  // warm-up of the forward-only path
-  m.fwd_ms = median_ms(repeats, [&] { bp.run(input, labels, {}, loss, opt, nullptr); });
+  m.fwd_ms = bench::median_ms(repeats, [&] { bp.run(input, labels, {}, loss, opt, nullptr); });
   return m;
 }
 

@@ -60,19 +60,6 @@ std::string json_escape(const std::string& s) {
   return out;
 }
 
-template <class F>
-double median_ms(int repeats, F&& f) {
-  std::vector<double> t;
-  for (int i = 0; i < repeats; ++i) {
-    const auto a = std::chrono::steady_clock::now();
-    f();
-    t.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 size_t device_used() {
   size_t free_b = 0, total_b = 0;
   device_memory_info(0, &free_b, &total_b);
@@ -128,7 +115,7 @@ Row forward_row(const Options& o, int size, Precision p, bool graph = false) {
   sched.run(input, ro);  // warm-up: allocation, cuDNN plans, parameter copies
   Recording replayed;
   if (graph) replayed = sched.run(input, ro);  // the capture (and its first launch)
-  r.run_ms = median_ms(o.repeats, [&] { sched.run(input, ro); });
+  r.run_ms = bench::median_ms(o.repeats, [&] { sched.run(input, ro); });
   r.engine_peak = device_memory(0).peak;
   r.used = device_used();
   r.note = "layer recording; peak includes the " + std::to_string(int(mib(input.nbytes()))) +
@@ -171,7 +158,7 @@ Row train_row(const Options& o, int size) {
     reset_device_memory_peak(0);
     bp.run(input, labels, {}, loss, bo, &grads);
     ctx.synchronize();
-    r.run_ms = median_ms(o.repeats, [&] {
+    r.run_ms = bench::median_ms(o.repeats, [&] {
       bp.run(input, labels, {}, loss, bo, &grads);
       ctx.synchronize();
     });

@@ -193,7 +193,10 @@ struct Bptt::Impl {
   std::vector<Tensor> tau, gtau, zero_t;
   std::vector<uint8_t> tau_trainable;
   Tape tp;
-  Context host_ctx{ContextOptions{Device::Cpu, 0, 0, 1}};  // the loss on host logits
+  // The loss over [B, T, K] runs on one thread on the CPU (its summation order is fixed whatever
+  // the context's thread count) and on the context's stream on CUDA.
+  Context host_ctx{ContextOptions{Device::Cpu, 0, 0, 1}};
+  Context& loss_ctx() { return ctx.device() == Device::Cpu ? host_ctx : ctx; }
 
   // Network state (what a checkpoint of the state holds).
   std::vector<VarRing> rings, slopes;
@@ -212,7 +215,7 @@ struct Bptt::Impl {
   const LossSpec* lspec = nullptr;
   int T = 0;
   bool replay = false;  // recomputing a segment: the loss-side bookkeeping is done already
-  Tensor logits_host;   // [B, T, K]
+  Tensor logits;        // [B, T, K] on the context's device (zeros where no classifier input)
   std::vector<Var> logit_var;  // per real step (current segment)
   struct Monitored {
     Var v;
@@ -690,10 +693,9 @@ struct Bptt::Impl {
     if (idle) {
       ops::fill(ctx, ropt->non_input_value, fv);
     } else {
-      const int64_t per = fv.numel() / B;
-      for (int b = 0; b < B; ++b)
-        ctx.copy(fv.slice(b, b + 1).view(Shape{1, per}),
-                 input->slice(b, b + 1).view(Shape{T, per}).slice(tr, tr + 1));
+      // Step tr of every sample: one strided copy (host or device input, any device).
+      const int64_t per = fv.numel() / B, BT = int64_t(B) * T;
+      ctx.copy_rows(fv, per, input->view(Shape{BT, per}).slice(tr, BT), T * per, B, per);
     }
     Var x_in = frame;
     if (ropt->input_adaption_weight != 0.0) {
@@ -719,12 +721,9 @@ struct Bptt::Impl {
         const Var y = readout(v);
         logit_var[size_t(tr)] = y;
         if (readout_module >= 0) note_module(readout_module, y);
-        if (!replay) {
-          const int K = g.readout.n_classes;
-          const Tensor h = ctx.host_view(tp.v(y));
-          for (int b = 0; b < B; ++b)
-            for (int k = 0; k < K; ++k)
-              logits_host.set((int64_t(b) * T + tr) * K + k, h.item(int64_t(b) * K + k));
+        if (!replay) {  // into column tr of [B, T, K], on the device: no host read per step
+          const int64_t K = g.readout.n_classes, BT = int64_t(B) * T;
+          ctx.copy_rows(logits.view(Shape{BT, K}).slice(tr, BT), T * K, tp.v(y), K, B, K);
         }
       }
     }
@@ -994,27 +993,18 @@ struct Bptt::Impl {
     }
   }
 
-  Tensor seed_host, seed_dev;  // one step's logit gradients (reused)
-  // Seeds the loss gradients of the current segment's logits and monitored values.
+  Tensor seed;  // one step's logit gradients [B, K] on the context's device (reused)
+  // Seeds the loss gradients of the current segment's logits and monitored values
+  // (grad_logits [B, T, K] on the context's device).
   void seed_segment(const Tensor& grad_logits, double activity_coef) {
-    const int K = g.readout.n_classes;
+    const int64_t K = g.readout.n_classes, BT = int64_t(batch) * T;
     for (int tr = 0; tr < T; ++tr) {
       const Var y = logit_var[size_t(tr)];
       if (y == kNone) continue;
-      if (!seed_host.defined() || seed_host.shape() != Shape{batch, K} || seed_host.dtype() != dtype)
-        seed_host = Tensor::empty(Shape{batch, K}, dtype);
-      for (int b = 0; b < batch; ++b)
-        for (int k = 0; k < K; ++k)
-          seed_host.set(int64_t(b) * K + k, grad_logits.item((int64_t(b) * T + tr) * K + k));
-      const Tensor& gy = tp.g(y);
-      if (gy.is_cpu()) {
-        ops::axpy(ctx, 1.0, seed_host, gy);
-      } else {
-        if (!seed_dev.defined() || seed_dev.shape() != seed_host.shape() || seed_dev.dtype() != dtype)
-          seed_dev = ctx.empty(seed_host.shape(), dtype);
-        ctx.copy(seed_dev, seed_host);
-        ops::axpy(ctx, 1.0, seed_dev, gy);
-      }
+      if (!seed.defined() || seed.shape() != Shape{batch, K} || seed.dtype() != dtype)
+        seed = ctx.empty(Shape{batch, K}, dtype);
+      ctx.copy_rows(seed, K, grad_logits.view(Shape{BT, K}).slice(tr, BT), T * K, batch, K);
+      ops::axpy(ctx, 1.0, seed, tp.g(y));
     }
     monitor_count.assign(tp.val.size(), 0);
     if (activity_coef != 0.0)
@@ -1040,6 +1030,9 @@ struct Bptt::Impl {
     if (regress && (!targets.defined() || targets.shape() != Shape{B, T, K}))
       throw DataError(concat("bptt: mse/poisson losses need targets [", B, ", ", T, ", ", K,
                              "], got ", targets.defined() ? targets.str() : "none"));
+    if (regress && !targets.is_cpu() && targets.dtype() != in.dtype())
+      throw DataError(concat("bptt: device targets must be ", dtype_name(in.dtype()), " like the "
+                             "input, got ", targets.str()));
     if (loss.ce_weight != 0 && K > 0 && !labels.defined())
       throw DataError("bptt: the cross-entropy loss needs labels");
     if (opt.memory == MemoryPolicy::Checkpoint && opt.checkpoint_every < 1)
@@ -1067,7 +1060,7 @@ struct Bptt::Impl {
     }
     module_calls.assign(size_t(std::max(n_act, 1)), 0);
     activity_per_sample.assign(size_t(B), 0.0);
-    logits_host = Tensor::zeros(Shape{B, T, K}, dtype);
+    logits = ctx.zeros(Shape{B, T, K}, dtype);  // new each run: out.logits may outlive it
 
     // Segments: [begin, end) of absolute steps.
     const int64_t total = int64_t(opt.run.idle_steps) + T;
@@ -1101,41 +1094,49 @@ struct Bptt::Impl {
       run_segment(j);
     }
 
-    // The loss over all real steps.
+    // The loss over all real steps, on the context's device (CPU: one thread); one host read
+    // of the loss values and the logits per run.
+    Context& lc = loss_ctx();
     LossValues out;
-    out.logits = logits_host;
-    Tensor grad_logits = Tensor::zeros(Shape{B, T, K}, dtype);
-    const Tensor flat = logits_host.view(Shape{int64_t(B) * T, K});
+    const Tensor grad_logits = lc.zeros(Shape{B, T, K}, dtype);
+    const Tensor flat = logits.view(Shape{int64_t(B) * T, K});
     const Tensor gflat = grad_logits.view(flat.shape());
+    auto scalar = [&](double v) { return lc.to_device(Tensor::from(Shape{1}, {v}, dtype)); };
+    auto on_device = [&](const Tensor& t) {  // a host argument copied to a CUDA context
+      return t.device() == lc.device() ? t : lc.to_device(t);
+    };
+    Tensor l_ce, l_mse, l_poisson;
     if (K > 0 && loss.ce_weight != 0) {
       CrossEntropyParams cp;
       cp.ignore_index = loss.ignore_index;
-      const Tensor lab = labels.view(Shape{int64_t(B) * T});
-      Tensor l = Tensor::zeros(Shape{1}, dtype);
-      ops::cross_entropy_forward(host_ctx, cp, flat, lab, l);
-      out.ce = l.item(0);
-      ops::cross_entropy_backward(host_ctx, cp, Tensor::from(Shape{1}, {loss.ce_weight * loss.scale}, dtype),
-                                  flat, lab, gflat, GradMode::Accumulate);
+      const Tensor lab = on_device(labels).view(Shape{int64_t(B) * T});
+      l_ce = lc.zeros(Shape{1}, dtype);
+      ops::cross_entropy_forward(lc, cp, flat, lab, l_ce);
+      ops::cross_entropy_backward(lc, cp, scalar(loss.ce_weight * loss.scale), flat, lab, gflat,
+                                  GradMode::Accumulate);
     }
+    Tensor tg;  // the regression targets in the logits' dtype, on the loss context's device
+    if (K > 0 && (loss.mse_weight != 0 || loss.poisson_weight != 0))
+      tg = on_device(targets.is_cpu() ? targets.to_dtype(dtype) : targets).view(flat.shape());
     if (K > 0 && loss.mse_weight != 0) {
-      const Tensor tg = targets.to_dtype(dtype).view(flat.shape());
-      Tensor l = Tensor::zeros(Shape{1}, dtype);
-      ops::mse_forward(host_ctx, flat, tg, l);
-      out.mse = l.item(0);
-      ops::mse_backward(host_ctx, Tensor::from(Shape{1}, {loss.mse_weight * loss.scale}, dtype), flat,
-                        tg, gflat, {}, GradMode::Accumulate);
+      l_mse = lc.zeros(Shape{1}, dtype);
+      ops::mse_forward(lc, flat, tg, l_mse);
+      ops::mse_backward(lc, scalar(loss.mse_weight * loss.scale), flat, tg, gflat, {},
+                        GradMode::Accumulate);
     }
     if (K > 0 && loss.poisson_weight != 0) {
-      const Tensor tg = targets.to_dtype(dtype).view(flat.shape());
-      Tensor l = Tensor::zeros(Shape{1}, dtype);
+      l_poisson = lc.zeros(Shape{1}, dtype);
       PoissonNllParams pp;
       pp.log_input = loss.poisson_log_input;
-      ops::poisson_nll_forward(host_ctx, pp, flat, tg, l);
-      out.poisson = l.item(0);
-      ops::poisson_nll_backward(host_ctx, pp,
-                                Tensor::from(Shape{1}, {loss.poisson_weight * loss.scale}, dtype),
-                                flat, tg, gflat, GradMode::Accumulate);
+      ops::poisson_nll_forward(lc, pp, flat, tg, l_poisson);
+      ops::poisson_nll_backward(lc, pp, scalar(loss.poisson_weight * loss.scale), flat, tg, gflat,
+                                GradMode::Accumulate);
     }
+    if (l_ce.defined()) out.ce = lc.host_view(l_ce).item(0);
+    if (l_mse.defined()) out.mse = lc.host_view(l_mse).item(0);
+    if (l_poisson.defined()) out.poisson = lc.host_view(l_poisson).item(0);
+    out.logits = lc.host_view(logits);
+    const Tensor& logits_host = out.logits;
     int64_t max_calls = 0;
     for (int64_t c : module_calls) max_calls = std::max(max_calls, c);
     double activity_coef = 0;

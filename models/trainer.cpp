@@ -15,6 +15,7 @@
 
 #include "engine/atomic_file.h"
 #include "engine/checkpoint.h"
+#include "engine/device.h"
 #include "engine/optimizer.h"
 #include "engine/safetensors.h"
 #include "engine/sequence.h"
@@ -74,7 +75,11 @@ ConfigSchema make_train_schema() {
   s.add_int("train.checkpoint_segment", 5, "memory = checkpoint: steps per segment").at_least(1);
   s.add_int("train.seed", 0, "data order, augmentation and pattern shuffles").at_least(0);
   s.add_int("train.threads", 0, "CPU threads (0 = all cores)").at_least(0);
-  s.add_enum("train.device", {"auto", "cpu", "cuda"}, "auto", "where to run");
+  s.add_enum("train.device", {"auto", "cpu", "cuda"}, "auto",
+             "where to run (auto: the CUDA device when there is one, else the CPU)");
+  s.add_bool("train.deterministic", true,
+             "CUDA: deterministic cuDNN algorithms only (a resumed run then ends bit for bit like "
+             "an uninterrupted one); no effect on the CPU, which always is");
   s.add_int("train.log_every", 10, "optimiser steps per metrics row / progress line").at_least(1);
   s.add_int("train.eval_every", 1, "epochs between test-split evaluations (0: never)").at_least(0);
   s.add_int("train.eval_batch", 64, "samples per evaluation batch").at_least(1);
@@ -320,15 +325,42 @@ std::pair<Tensor, Tensor> make_sequence(const Setup& s, const Tensor& x, const T
   return {seq::build_inputs(x, plan, p.non_input_value), seq::build_labels(y, plan)};
 }
 
-Context make_context(const Config& cfg) {
+// train.device: cuda runs on CUDA device 0 (an error naming the key when there is none, or when
+// the graph cannot run there); auto takes the device when there is one and the graph runs there
+// (cuda_unsupported), else the CPU. *where says which and why.
+Context make_context(const Config& cfg, const Graph& g, std::string* where) {
   const std::string dev = cfg.get_string("train.device");
-  if (dev == "cuda")
-    throw NotImplemented("train.device = 'cuda': the CUDA backend is not built yet (the CUDA "
-                         "backend issue adds it); use 'cpu' or 'auto'");
   ContextOptions co;
   co.threads = int(cfg.get_int("train.threads"));
   co.seed = uint64_t(cfg.get_int("train.seed"));
+  co.deterministic = cfg.get_bool("train.deterministic");
+  const DType dtype = g.params.entries().empty() ? DType::F32 : g.params.entries().front().value.dtype();
+  const int n = cuda_device_count();
+  const std::string why = n > 0 ? cuda_unsupported(g, dtype) : std::string("no CUDA device");
+  if (dev == "cuda" && !why.empty())
+    cfg.fail("train.device", concat("'cuda' cannot be used: ",
+                                    n > 0 ? why : std::string(cuda_compiled() ? "no CUDA device found"
+                                                                              : "this build has no CUDA backend")));
+  if (dev != "cpu" && why.empty()) {
+    co.device = Device::Cuda;
+    const auto gpus = cuda_devices();
+    *where = gpus.empty() ? "cuda:0" : concat("cuda:0 (", gpus.front().name, ")");
+  } else {
+    *where = dev == "auto" ? concat("cpu (auto: ", why, ")") : "cpu";
+  }
   return Context(co);
+}
+
+// The model's parameters onto the context's device (a no-op on the CPU).
+void to_context(Context& ctx, Graph& g) {
+  if (ctx.device() == Device::Cpu) return;
+  for (auto& e : g.params.entries()) e.value = ctx.to_device(e.value);
+}
+
+// The parameters back on the host (for export).
+void to_host(Context& ctx, Graph& g) {
+  for (auto& e : g.params.entries())
+    if (!e.value.is_cpu()) e.value = ctx.to_host(e.value);
 }
 
 // Forward-only pass over a dataset: accuracy per real step and the mean loss.
@@ -345,6 +377,7 @@ StepAccuracy run_eval(Context& ctx, Setup& s, const data::Dataset& ds, int64_t b
   while (auto b = bt.next()) {
     // Evaluation shows the pattern unshuffled (batch index 0 for every batch).
     auto [in, lab] = make_sequence(s, b->x, b->y, 0);
+    if (ctx.device() != Device::Cpu) in = ctx.to_device(in);  // one copy, not one per step
     const LossValues lv = bp.run(in, lab, {}, s.loss, s.bopt, nullptr);
     for (int t = 0; t < s.T; ++t) {
       acc.valid[size_t(t)] += lv.valid_per_step[size_t(t)];
@@ -451,7 +484,9 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
   const Splits data = load_splits(cfg);
   const data::Transform train_tf = transform_for(cfg, data.train, true);
   transform_for(cfg, data.test, false);  // checks now, not after the first epoch
-  Context ctx = make_context(cfg);
+  std::string device_note;
+  Context ctx = make_context(cfg, s.graph, &device_note);
+  to_context(ctx, s.graph);
   // Checked before the output folder is touched: a rejected config leaves nothing behind.
   const int64_t B = cfg.get_int("train.batch"), accumulate = cfg.get_int("train.accumulate");
   const int64_t n_batches = data.train.size() / B;  // drop_last: equal micro-batches
@@ -563,7 +598,8 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
   event({{"event", resuming ? "resume" : "start"},
          {"train_samples", data.train.size()},
          {"test_samples", data.test.size()},
-         {"threads", ctx.threads()}});
+         {"threads", ctx.threads()},
+         {"device", device_note}});
 
   const int64_t epochs = cfg.get_int("train.epochs"), max_steps = cfg.get_int("train.max_steps");
   const int64_t log_every = cfg.get_int("train.log_every"), eval_every = cfg.get_int("train.eval_every");
@@ -619,6 +655,7 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
       if (batch->index >= used_batches) break;
       const uint64_t global = uint64_t(epoch) * uint64_t(n_batches) + uint64_t(batch->index);
       auto [in, lab] = make_sequence(s, batch->x, batch->y, global);
+      if (ctx.device() != Device::Cpu) in = ctx.to_device(in);
       const LossValues lv = bp.run(in, lab, {}, s.loss, s.bopt, &grads);
       if (!std::isfinite(lv.total))
         throw DataError(concat("training diverged: loss ", lv.total, " at epoch ", epoch,
@@ -694,6 +731,7 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
       break;
     }
   }
+  to_host(ctx, s.graph);
   export_weights(s.graph, (out / "weights.safetensors").string());
   const json summary{{"epochs", epoch}, {"steps", step}, {"best_test_accuracy",
                       std::isfinite(best) ? json(best) : json(nullptr)}, {"wall_s", wall()}};
@@ -720,7 +758,9 @@ int evaluate(const Config& cfg, const EvalRun& run, std::ostream& log) {
   if (run.split != "test" && run.split != "train")
     throw UsageError(concat("--split '", run.split, "': expected test or train"));
   const Splits data = load_splits(cfg);
-  Context ctx = make_context(cfg);
+  std::string device_note;
+  Context ctx = make_context(cfg, s.graph, &device_note);
+  to_context(ctx, s.graph);
   const auto t0 = std::chrono::steady_clock::now();
   const StepAccuracy acc =
       run_eval(ctx, s, run.split == "test" ? data.test : data.train, cfg.get_int("train.eval_batch"));
@@ -742,7 +782,7 @@ int evaluate(const Config& cfg, const EvalRun& run, std::ostream& log) {
         << "steps";
     const double last_step = last_step_accuracy(acc);
     if (std::isfinite(last_step)) log << ", " << fmt(last_step, 4) << " at the last one";
-    log << " (" << fmt(secs, 3) << " s); per step in " << path << "\n";
+    log << " (" << fmt(secs, 3) << " s on " << device_note << "); per step in " << path << "\n";
   }
   return 0;
 }

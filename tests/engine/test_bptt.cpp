@@ -7,13 +7,18 @@
 // - the checkpoint policy gives bitwise the gradients of store-all, for every segment length;
 // - DynVision's T8 (loss values) and T9 (idle: shapes, gradients reach every parameter, ten SGD
 //   steps reduce the loss, idle with TBPTT).
+// - gpu suite (Skipped without a device): every feature case on CUDA against the CPU (losses,
+//   logits and gradients within 1e-4; store-all and checkpoint), host and device inputs, reruns
+//   bit for bit in a deterministic context.
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "engine/bptt.h"
 #include "engine/optimizer.h"
 #include "engine/scheduler.h"
 #include "models/dyrcnn/dyrcnn.h"
+#include "tests/engine/scheduler_cases.h"
 #include "tests/harness.h"
 
 using namespace dynsim;
@@ -676,4 +681,49 @@ TEST_CASE("bptt: the fused step tail leaves staged and custom solvers alone") {
   CHECK(la.total == lb.total);
   CHECK(p.pool_bytes() == q.pool_bytes());  // the same nodes
   for (const auto& e : a.entries()) require_bits(e.value, b.get(e.name), e.name);
+}
+
+// ---- CPU vs CUDA (gpu suite) ------------------------------------------------------------------
+
+TEST_CASE("bptt CPU vs CUDA: loss, logits and every gradient (fp32, TF32 off)" *
+          doctest::test_suite("gpu")) {
+  if (no_device()) return;
+  Context cpu;
+  Context gpu = cuda_context(/*deterministic=*/true);
+  for (const Case& c : feature_cases()) {
+    CAPTURE(c.name);
+    Graph g = build(c, DType::F32);
+    Graph gd = g;  // the same values, on the device
+    for (auto& e : gd.params.entries()) e.value = gpu.to_device(e.value);
+    const Tensor x = input_for(c, DType::F32), y = labels_for(c);
+    const Tensor tg = c.targets ? targets_for(c, DType::F32) : Tensor();
+    for (int k : {0, 2}) {  // store-all, checkpoint every 2 steps
+      BpttOptions opt = options(c);
+      if (k > 0) opt.memory = MemoryPolicy::Checkpoint, opt.checkpoint_every = k;
+      ParamStore want = Bptt::zero_grads(cpu, g.params), got = Bptt::zero_grads(gpu, gd.params);
+      Bptt bc(cpu, g, SolverSpec(c.solver)), bg(gpu, gd, SolverSpec(c.solver));
+      const LossValues lc = bc.run(x, y, tg, c.loss, opt, &want);
+      // Host input and labels on the first run, device ones on the second: the same bits.
+      const LossValues lg = bg.run(x, y, tg, c.loss, opt, &got);
+      for (auto [a, b, what] : {std::tuple{lg.total, lc.total, "total"}, {lg.ce, lc.ce, "ce"},
+                                {lg.activity, lc.activity, "activity"}, {lg.mse, lc.mse, "mse"},
+                                {lg.poisson, lc.poisson, "poisson"}})
+        CHECK_MESSAGE(std::abs(a - b) <= 1e-4 * std::max(1.0, std::abs(b)), what, ": ", a, " vs ", b);
+      CHECK(lg.valid == lc.valid);
+      require_rel(lg.logits, lc.logits, 1e-4, "logits");
+      std::vector<Tensor> first;
+      for (const auto& e : want.entries()) {
+        first.push_back(gpu.to_host(got.get(e.name)));
+        require_rel(first.back(), e.value, 1e-4, e.name);
+      }
+      ParamStore again = Bptt::zero_grads(gpu, gd.params);
+      const LossValues l2 = bg.run(gpu.to_device(x), gpu.to_device(y),
+                                   tg.defined() ? gpu.to_device(tg) : Tensor(), c.loss, opt, &again);
+      CHECK(l2.total == lg.total);
+      CHECK(same_bits(l2.logits, lg.logits));
+      size_t i = 0;
+      for (const auto& e : want.entries())
+        CHECK_MESSAGE(same_bits(gpu.to_host(again.get(e.name)), first[i++]), e.name, ": rerun");
+    }
+  }
 }

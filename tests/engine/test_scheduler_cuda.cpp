@@ -18,31 +18,6 @@
 using namespace dynsim;
 using namespace dynsim::test;
 
-namespace {
-
-// got within rel * max|want| of want, element by element; NaN exactly where want has NaN.
-void require_rel(const Tensor& got, const Tensor& want, double rel, const std::string& what) {
-  REQUIRE_MESSAGE(got.shape() == want.shape(), what);
-  double scale = 0;
-  for (int64_t i = 0; i < want.numel(); ++i)
-    if (std::isfinite(want.item(i))) scale = std::max(scale, std::abs(want.item(i)));
-  CHECK_MESSAGE(scale > 0, what, ": all zero (the comparison would prove nothing)");
-  double worst = 0;
-  int64_t at = -1;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const double w = want.item(i), g = got.item(i);
-    if (std::isnan(w) || std::isnan(g)) {
-      REQUIRE_MESSAGE(std::isnan(w) == std::isnan(g), what, ": NaN mismatch at ", i);
-      continue;
-    }
-    if (std::abs(g - w) > worst) worst = std::abs(g - w), at = i;
-  }
-  CHECK_MESSAGE(worst <= rel * scale, what, ": max |CUDA - CPU| = ", worst, " at ", at,
-                " (relative ", worst / scale, ")");
-}
-
-}  // namespace
-
 TEST_CASE("Context::copy_rows gathers one step out of [B, T, ...] and scatters into it") {
   Context ctx;
   Tensor seq = Tensor::empty({2, 3, 4});  // [B, T, F]

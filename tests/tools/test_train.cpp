@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "engine/checkpoint.h"
+#include "engine/device.h"
 #include "tests/harness.h"
 
 using namespace dynsim;
@@ -360,7 +361,7 @@ TEST_CASE("train: bad inputs give their exit code and message and write nothing"
   const std::string idx =
       " --set data.dataset=idx --set data.train_labels=labels.idx "
       "--set data.test_images=images.idx --set data.test_labels=labels.idx";
-  const std::vector<Case> cases = {
+  std::vector<Case> cases = {
       {train + " --set train.epoch=3", 78, {"train.epoch", "unknown key"}},
       {"train -q " + quote((kCorpus / "unknown_key.toml").string()) + " -o out",
        78,
@@ -392,6 +393,8 @@ TEST_CASE("train: bad inputs give their exit code and message and write nothing"
        66,
        {"no_such_checkpoint"}},
   };
+  if (cuda_device_count() == 0)  // where there is a device, this trains on it instead
+    cases.push_back({train + " --set train.device=cuda", 78, {"train.device", "'cuda' cannot be used"}});
   // IDX files: 10 images of 28x28 (one cut short after 100 pixel bytes), 10 labels.
   auto idx_file = [](const fs::path& p, std::vector<uint32_t> header, size_t bytes) {
     std::string s;
@@ -459,6 +462,12 @@ TEST_CASE("train: metrics.csv, events.jsonl and summary.json of a run") {
   CHECK(events.front()["event"] == "start");
   CHECK(events.front()["train_samples"] == 240);
   CHECK(events.front()["test_samples"] == kTestSamples);
+  // Where it ran (train.device = auto): the CUDA device when there is one, else the CPU and why.
+  const std::string device = events.front()["device"].get<std::string>();
+  if (cuda_device_count() == 0)
+    CHECK(device == "cpu (auto: no CUDA device)");
+  else
+    CHECK(device.rfind("cuda:0", 0) == 0);
   CHECK(events.back()["event"] == "done");
   CHECK(events.back()["step"] == kSteps);
   std::map<std::string, int> count;

@@ -77,6 +77,9 @@ ConfigSchema make_train_schema() {
   s.add_int("train.threads", 0, "CPU threads (0 = all cores)").at_least(0);
   s.add_enum("train.device", {"auto", "cpu", "cuda"}, "auto",
              "where to run (auto: the CUDA device when there is one, else the CPU)");
+  s.add_enum("train.precision", {"fp32", "tf32"}, "fp32",
+             "CUDA math: fp32 (TF32 off) or tf32 (cuDNN and cuBLAS may use TF32 tensor ops); an "
+             "error with device cpu, ignored when auto trains on the CPU");
   s.add_bool("train.deterministic", true,
              "CUDA: deterministic cuDNN algorithms only (a resumed run then ends bit for bit like "
              "an uninterrupted one); no effect on the CPU, which always is");
@@ -341,10 +344,15 @@ Context make_context(const Config& cfg, const Graph& g, std::string* where) {
     cfg.fail("train.device", concat("'cuda' cannot be used: ",
                                     n > 0 ? why : std::string(cuda_compiled() ? "no CUDA device found"
                                                                               : "this build has no CUDA backend")));
+  const bool tf32 = cfg.get_string("train.precision") == "tf32";
+  if (tf32 && dev == "cpu")
+    cfg.fail("train.precision", "tf32 needs a CUDA device (train.device = 'cpu')");
   if (dev != "cpu" && why.empty()) {
     co.device = Device::Cuda;
+    co.precision = tf32 ? Precision::TF32 : Precision::FP32;
     const auto gpus = cuda_devices();
-    *where = gpus.empty() ? "cuda:0" : concat("cuda:0 (", gpus.front().name, ")");
+    *where = concat(gpus.empty() ? "cuda:0" : concat("cuda:0 (", gpus.front().name, ")"), ", ",
+                    precision_name(co.precision));
   } else {
     *where = dev == "auto" ? concat("cpu (auto: ", why, ")") : "cpu";
   }

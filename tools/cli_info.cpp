@@ -25,8 +25,7 @@ int run_info(std::ostream& out, bool json) {
       out << (i ? ", " : "") << "{\"index\": " << gpus[i].index << ", \"name\": \""
           << gpus[i].name << "\", \"sm\": \"" << gpus[i].sm_major << gpus[i].sm_minor
           << "\", \"memory_bytes\": " << gpus[i].memory_bytes << "}";
-    out << "], \"precision\": {\"cpu\": [\"fp32\", \"fp64\"], \"cuda\": [\"fp32\", \"tf32\", "
-           "\"bf16\"]}}\n";
+    out << "], \"precision\": {\"cpu\": [\"fp32\", \"fp64\"], \"cuda\": [\"fp32\", \"tf32\"]}}\n";
     return 0;
   }
   out << "dynsim " << DYNSIM_VERSION << "\n";
@@ -42,8 +41,8 @@ int run_info(std::ostream& out, bool json) {
     out << "\n";
   }
   out << "precision:  cpu fp32 (default), fp64 (gradient checks)"
-      << (cuda_compiled() ? "; cuda fp32 (default, TF32 off), tf32, bf16 storage with fp32 "
-                            "accumulation"
+      << (cuda_compiled() ? "; cuda fp32 (default, TF32 off), tf32 (simulation.precision, "
+                            "train.precision)"
                           : "")
       << "\n";
   out << "outputs:    npy" << (DYNSIM_WITH_HDF5 ? ", hdf5" : " (hdf5 not compiled)") << "\n";

@@ -177,6 +177,9 @@ int run_simulate(const SimulateArgs& a) {
   // (cuda_unsupported: f64 does not), else the CPU; a CUDA run that fails is redone on the CPU
   // with a warning (the wall time then includes the failed attempt). cuda: the device or an
   // error (the Context names a missing device or a build without CUDA).
+  const bool tf32 = cfg.get_string("simulation.precision") == "tf32";
+  if (tf32 && dev == "cpu")
+    cfg.fail("simulation.precision", "tf32 needs a CUDA device (simulation.device = 'cpu')");
   bool on_cuda = dev == "cuda";
   if (dev == "auto" && cuda_device_count() > 0) {
     const std::string why = cuda_unsupported(g, input.dtype());
@@ -185,6 +188,7 @@ int run_simulate(const SimulateArgs& a) {
   }
   if (on_cuda) {
     co.device = Device::Cuda;
+    co.precision = tf32 ? Precision::TF32 : Precision::FP32;
     const auto gpus = cuda_devices();
     device_note = gpus.empty() ? "cuda:0" : concat("cuda:0 (", gpus.front().name, ")");
   }
@@ -209,6 +213,7 @@ int run_simulate(const SimulateArgs& a) {
     std::cerr << "dynsim: warning: the run on the CUDA device failed (" << e.what()
               << "); running on the CPU\n";
     co.device = Device::Cpu;
+    co.precision = Precision::FP32;
     device_note = concat("cpu (auto: the CUDA run failed: ", e.what(), ")");
     cpu_fallback = true;
     rec = simulate(co);
@@ -229,6 +234,7 @@ int run_simulate(const SimulateArgs& a) {
     nlohmann::json summary;
     summary["model"] = cfg.get_string("model.preset");
     summary["device"] = device_note;
+    summary["precision"] = precision_name(co.precision);
     summary["solver"] = cfg.get_string("dynamics.solver");
     summary["batch"] = input.dim(0);
     summary["steps"] = rec.steps;

@@ -97,6 +97,9 @@ TEST_CASE("cli: every config in models/configs simulates and validates") {
     const nlohmann::json config = nlohmann::json::parse(read_text(cwd.path() / "out/config.json"));
     CHECK(summary["model"] == config["model"]["preset"]);
     CHECK(summary["steps"] == config["simulation"]["steps"]);
+    CHECK(summary["precision"] == (summary["device"].get<std::string>().rfind("cuda", 0) == 0
+                                       ? config["simulation"]["precision"]
+                                       : nlohmann::json("fp32")));
     for (const auto& area : summary["areas"]) {
       const std::string name = area["name"];
       const std::string rec = config["simulation"]["record"];
@@ -150,6 +153,12 @@ TEST_CASE("cli: bad inputs give their exit code and message and write nothing") 
       {corpus("small.toml") + " --weights no_such_weights.safetensors",
        66,
        {"no_such_weights.safetensors"}},
+      {corpus("small.toml") + " --set simulation.device=cpu --set simulation.precision=tf32",
+       78,
+       {"simulation.precision", "tf32 needs a CUDA device"}},
+      {corpus("small.toml") + " --set simulation.precision=bf16",
+       78,
+       {"simulation.precision", "'bf16'"}},
       {corpus("small.toml") + " -o . --overwrite", 78, {"simulation.output", "'.'"}},
       {corpus("small.toml") + " -o '' --overwrite", 78, {"simulation.output"}},
       {corpus("no_such_config.toml"), 66, {"no_such_config.toml"}},
@@ -210,6 +219,16 @@ TEST_CASE(
   for (const auto& e : fs::directory_iterator(cwd.path())) tops.insert(e.path().filename());
   CHECK(tops == std::set<std::string>{"out", "run1"});
   CHECK(load_npy((cwd.path() / "run1/present.npy").string()).shape() == Shape{2, 7});
+}
+
+TEST_CASE("cli: simulation.precision applies where the run is on a CUDA device") {
+  TempDir cwd;
+  const Result r = run_cli(cwd.path(), "simulate -q " + corpus("small.toml") +
+                                           " --set simulation.precision=tf32 -o out");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const nlohmann::json summary = nlohmann::json::parse(read_text(cwd.path() / "out/summary.json"));
+  const bool cuda = summary["device"].get<std::string>().rfind("cuda", 0) == 0;
+  CHECK(summary["precision"] == (cuda ? "tf32" : "fp32"));  // auto on the CPU: ignored
 }
 
 TEST_CASE("cli: output paths with a trailing slash or missing parents") {

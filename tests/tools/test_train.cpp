@@ -393,6 +393,8 @@ TEST_CASE("train: bad inputs give their exit code and message and write nothing"
        66,
        {"no_such_checkpoint"}},
   };
+  cases.push_back({train + " --set train.device=cpu --set train.precision=tf32", 78,
+                   {"train.precision", "tf32 needs a CUDA device"}});
   if (cuda_device_count() == 0)  // where there is a device, this trains on it instead
     cases.push_back({train + " --set train.device=cuda", 78, {"train.device", "'cuda' cannot be used"}});
   // IDX files: 10 images of 28x28 (one cut short after 100 pixel bytes), 10 labels.

@@ -1042,6 +1042,9 @@ struct Bptt::Impl {
       throw NotImplemented(concat("solver '", custom->name(),
                                        "' is a custom FrozenSolver without a reverse mode"));
     allocate(B, in.dtype());
+    // The self recurrence's scalars, read once per run (they change between runs, not within).
+    for (OperatorRunner& r : runners) r.begin_run(ctx);
+    if (input_runner) input_runner->begin_run(ctx);
     prepare_tau();
     fused_tail = opt.fused_tail && !staged && !custom;
     input = &in;

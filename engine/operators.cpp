@@ -290,27 +290,35 @@ void OperatorRunner::backward(Context& ctx, const Tensor& x_in, const Tensor& gr
     }
     case OpKind::Self: {
       // y = w h (+ b while b != 0): dh = w dy, dw = sum(dy h), db = sum(dy) while b != 0.
-      const double w = ctx.host_view(m.w1).item(0);
+      // w and b as begin_run read them (else one host read); the sums stay on the device.
+      const double w = m.scalars_read ? m.w_value : ctx.host_view(m.w1).item(0);
       if (gxe.defined()) {
         if (gxe_mode == GradMode::Accumulate)
           ops::axpy(ctx, w, gout, gxe);
         else
           ops::scale(ctx, w, gout, gxe);
       }
-      auto add_scalar = [&](const Tensor& g, double v) {
+      // g (one element) = sum (Overwrite) or g + sum (Accumulate); sum absent: 0.
+      auto put_scalar = [&](const Tensor& g, const Tensor* sum) {
         if (!g.defined()) return;
-        Tensor h = ctx.to_host(g);
-        h.set(0, (mode == GradMode::Accumulate ? h.item(0) : 0.0) + v);
-        ctx.copy(g, h);
+        const Tensor g1 = g.view(Shape{1});
+        if (!sum) {
+          if (mode == GradMode::Overwrite) ops::fill(ctx, 0.0, g1);
+        } else if (mode == GradMode::Accumulate) {
+          ops::axpy(ctx, 1.0, *sum, g1);
+        } else {
+          ops::scale(ctx, 1.0, *sum, g1);
+        }
       };
       if (!m.g_tmp.defined()) m.g_tmp = like(gout);
       if (!m.g_sum.defined()) m.g_sum = ctx.empty(Shape{1}, m.dtype);
       ops::mul(ctx, gout, xe, m.g_tmp);
       ops::sum_all_forward(ctx, m.g_tmp, m.g_sum);
-      add_scalar(pg(0), ctx.host_view(m.g_sum).item(0));
-      const bool b_live = m.b1.defined() && ctx.host_view(m.b1).item(0) != 0.0;
-      ops::sum_all_forward(ctx, gout, m.g_sum);
-      add_scalar(pg(1), b_live ? ctx.host_view(m.g_sum).item(0) : 0.0);
+      put_scalar(pg(0), &m.g_sum);
+      const bool b_live =
+          m.b1.defined() && (m.scalars_read ? m.b_value : ctx.host_view(m.b1).item(0)) != 0.0;
+      if (b_live) ops::sum_all_forward(ctx, gout, m.g_sum);
+      put_scalar(pg(1), b_live ? &m.g_sum : nullptr);
       break;
     }
     case OpKind::Identity:

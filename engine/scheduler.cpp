@@ -102,11 +102,10 @@ std::vector<uint8_t> repeated_frames(const Tensor& input, const RunOptions& opt)
 }  // namespace
 
 std::string cuda_unsupported(const Graph& g, DType t) {
-  (void)g;  // every operator kind has CUDA twins (local_sheet and reflect padding included)
-  if (t != DType::F32)
-    return concat("scheduler on CUDA: ", dtype_name(t),
-                  " runs need f64 twins of the elementwise ops (add, scale, relu, ...), which are "
-                  "f32 only; run f64 on the CPU");
+  (void)g;  // every operator kind has CUDA twins (local_sheet and reflect padding included),
+            // every op f32 and f64
+  if (t != DType::F32 && t != DType::F64)
+    return concat("scheduler on CUDA: ", dtype_name(t), " runs are not supported (f32 or f64)");
   return "";
 }
 

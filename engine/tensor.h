@@ -1,6 +1,6 @@
 // Tensor: a shape (row-major, NCHW by convention), a dtype, a device and shared storage.
 // Views (reshape, slice along dim 0) share the storage and cost nothing. Host data is 64-byte
-// aligned. f32 everywhere; f64 on the CPU for gradient checks; i32 for labels and indices.
+// aligned. f32 everywhere; f64 for gradient checks (CPU and CUDA); i32 for labels and indices.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -174,7 +174,7 @@ int run_simulate(const SimulateArgs& a) {
   const std::string dev = cfg.get_string("simulation.device");
   std::string device_note = "cpu";
   // auto: the CUDA device when there is one and the scheduler runs this graph there
-  // (cuda_unsupported: f64 does not), else the CPU; a CUDA run that fails is redone on the CPU
+  // (cuda_unsupported: every f32 and f64 graph does), else the CPU; a CUDA run that fails is redone on the CPU
   // with a warning (the wall time then includes the failed attempt). cuda: the device or an
   // error (the Context names a missing device or a build without CUDA).
   const bool tf32 = cfg.get_string("simulation.precision") == "tf32";

@@ -9,7 +9,7 @@
 //   steps reduce the loss, idle with TBPTT).
 // - gpu suite (Skipped without a device): every feature case on CUDA against the CPU (losses,
 //   logits and gradients within 1e-4; store-all and checkpoint), host and device inputs, reruns
-//   bit for bit in a deterministic context.
+//   bit for bit in a deterministic context; f64 within 1e-10.
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -685,7 +685,7 @@ TEST_CASE("bptt: the fused step tail leaves staged and custom solvers alone") {
 
 // ---- CPU vs CUDA (gpu suite) ------------------------------------------------------------------
 
-TEST_CASE("bptt CPU vs CUDA: loss, logits and every gradient (fp32, TF32 off)" *
+TEST_CASE("bptt CPU vs CUDA: loss, logits and every gradient (fp32 TF32 off, and f64)" *
           doctest::test_suite("gpu")) {
   if (no_device()) return;
   Context cpu;
@@ -725,5 +725,17 @@ TEST_CASE("bptt CPU vs CUDA: loss, logits and every gradient (fp32, TF32 off)" *
       for (const auto& e : want.entries())
         CHECK_MESSAGE(same_bits(gpu.to_host(again.get(e.name)), first[i++]), e.name, ": rerun");
     }
+    // f64 on both devices: within 1e-10.
+    Graph g64 = build(c, DType::F64), gd64 = g64;
+    for (auto& e : gd64.params.entries()) e.value = gpu.to_device(e.value);
+    ParamStore want = Bptt::zero_grads(cpu, g64.params), got = Bptt::zero_grads(gpu, gd64.params);
+    Bptt bc(cpu, g64, SolverSpec(c.solver)), bg(gpu, gd64, SolverSpec(c.solver));
+    const Tensor tg64 = c.targets ? targets_for(c, DType::F64) : Tensor();
+    const LossValues lc = bc.run(input_for(c, DType::F64), y, tg64, c.loss, options(c), &want);
+    const LossValues lg = bg.run(input_for(c, DType::F64), y, tg64, c.loss, options(c), &got);
+    CHECK(std::abs(lg.total - lc.total) <= 1e-10 * std::max(1.0, std::abs(lc.total)));
+    require_rel(lg.logits, lc.logits, 1e-10, "f64 logits");
+    for (const auto& e : want.entries())
+      require_rel(gpu.to_host(got.get(e.name)), e.value, 1e-10, "f64 " + e.name);
   }
 }

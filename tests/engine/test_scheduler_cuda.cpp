@@ -4,8 +4,8 @@
 // stability message. The gpu suite (Skipped without a device): whole DyRCNNx4 trajectories on
 // CUDA against the CPU (fp32, TF32 off; every area's rates at every step, the logits and the
 // layer statistics within 1e-4 of the largest CPU value) for euler, rk4 and rk4-classic, a host
-// and a device input giving the same bits, the stability check after the loop, and
-// NotImplemented for f64; cuda_unsupported() on the CPU.
+// and a device input giving the same bits, the stability check after the loop, and f64
+// trajectories within 1e-10; cuda_unsupported() on the CPU.
 #include <cmath>
 #include <cstring>
 
@@ -117,13 +117,14 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("scheduler: cuda_unsupported names f64 and accepts every f32 graph") {
+TEST_CASE("scheduler: cuda_unsupported accepts every f32 and f64 graph, names other dtypes") {
   for (const std::string type : {"full", "self", "local", "localdepthwise", "depthpointwise"}) {
     models::DyRCNNOptions o = dyrcnn("DyRCNNx2", 16);
     o.recurrence_type = type;
     const Graph g = models::build_dyrcnn(o);
     CHECK_MESSAGE(cuda_unsupported(g, DType::F32).empty(), type);
-    CHECK(cuda_unsupported(g, DType::F64).find("f64 runs") != std::string::npos);
+    CHECK_MESSAGE(cuda_unsupported(g, DType::F64).empty(), type);
+    CHECK(cuda_unsupported(g, DType::I32).find("i32 runs are not supported") != std::string::npos);
   }
 }
 
@@ -184,7 +185,7 @@ TEST_CASE("scheduler CPU vs CUDA: whole DyRCNNx4 trajectories (fp32, TF32 off)" 
   }
 }
 
-TEST_CASE("scheduler on CUDA: stability check after the loop; f64 refused" *
+TEST_CASE("scheduler on CUDA: stability check after the loop" *
           doctest::test_suite("gpu")) {
   if (no_device()) return;
   Context gpu = cuda_context();
@@ -199,7 +200,81 @@ TEST_CASE("scheduler on CUDA: stability check after the loop; f64 refused" *
     ro.stability_check = false;
     CHECK_NOTHROW(s.run(x, ro));
   }
-  Scheduler s64(gpu, g);
-  CHECK_THROWS_WITH_AS(s64.run(x.to_dtype(DType::F64)), doctest::Contains("f64 runs"),
-                       NotImplemented);
+}
+
+TEST_CASE("scheduler CPU vs CUDA: f64 trajectories within 1e-10" * doctest::test_suite("gpu")) {
+  if (no_device()) return;
+  Context cpu;
+  Context gpu = cuda_context();
+  for (const std::string type : {"full", "self", "localdepthwise"})
+    for (const std::string solver : {"euler", "rk4-classic"}) {
+      const std::string what = concat("DyRCNNx4 32x32 f64 ", solver, " rctype ", type);
+      CAPTURE(what);
+      models::DyRCNNOptions o = dyrcnn("DyRCNNx4", 32);
+      o.recurrence_type = type;
+      o.feedback = "add";
+      o.delays.t_feedback = 6;
+      Graph g = models::build_dyrcnn(o);
+      for (auto& e : g.params.entries()) e.value = e.value.to_dtype(DType::F64);
+      const Tensor x = random_uniform({2, 12, 3, 32, 32}, 0, 1, 9, DType::F64);
+      Scheduler sc(cpu, g, SolverSpec(solver)), sg(gpu, g, SolverSpec(solver));
+      RunOptions ro;
+      ro.idle_steps = 2;
+      ro.record = RecordMode::Full;
+      const Recording want = sc.run(x, ro), got = sg.run(x, ro);
+      require_rel(got.logits, want.logits, 1e-10, what + ": logits");
+      for (size_t a = 0; a < g.areas.size(); ++a)
+        require_rel(got.rates[a], want.rates[a], 1e-10, what + ": " + g.areas[a].name);
+    }
+}
+
+// Repeated frames of a device-resident sequence are found on the device (kernels/frames.h, one
+// copy of the flags per run): a static image makes as many operator calls as on the host (V1's
+// feedforward conv twice, not idle + T times) and the same bits.
+TEST_CASE("scheduler on CUDA: a device-resident static image repeats its frames like a host one" *
+          doctest::test_suite("gpu")) {
+  if (no_device()) return;
+  models::DyRCNNOptions o = dyrcnn("DyRCNNx4", 32);
+  o.delays.t_feedforward = 2;
+  Graph g = models::build_dyrcnn(o);
+  const int B = 2, T = 40, idle = 3;
+  const Tensor image = random_uniform({B, 1, 3, 32, 32}, 0, 1, 21, DType::F32);
+  Tensor x = Tensor::empty({B, T, 3, 32, 32});
+  const int64_t fe = 3 * 32 * 32;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t)
+      std::memcpy(x.data<float>() + (int64_t(b) * T + t) * fe, image.data<float>() + b * fe,
+                  size_t(fe) * sizeof(float));
+  Context cpu;
+  Context gpu = cuda_context();
+  Scheduler sc(cpu, g), sg(gpu, g);
+  RunOptions fast, lit;
+  fast.record = lit.record = RecordMode::Full;
+  fast.idle_steps = lit.idle_steps = idle;
+  fast.readout_chunk = 32;
+  lit.fast_paths = false;
+  sc.run(x, fast);
+  const int64_t calls_cpu = sc.operator_calls();
+  const Recording host_in = sg.run(x, fast);
+  const int64_t calls_host = sg.operator_calls();
+  const Recording dev_in = sg.run(gpu.to_device(x), fast);
+  const int64_t calls_dev = sg.operator_calls();
+  sg.run(gpu.to_device(x), lit);
+  const int64_t calls_lit = sg.operator_calls();
+  CHECK(calls_dev == calls_host);
+  CHECK(calls_dev == calls_cpu);
+  CHECK(calls_lit - calls_dev == (idle + T) - 2);
+  CHECK(same_bits(dev_in.logits, host_in.logits));
+  for (size_t a = 0; a < g.areas.size(); ++a) {
+    CHECK(dev_in.present[a] == host_in.present[a]);
+    CHECK_MESSAGE(same_bits(dev_in.rates[a], host_in.rates[a]), g.areas[a].name);
+  }
+  // A frame that changes in one sample only is new on the device too: one more call.
+  Tensor y = x.clone();
+  y.set((int64_t(1) * T + 20) * fe + 7, 2.0);
+  sg.run(gpu.to_device(y), fast);
+  const int64_t calls_changed = sg.operator_calls();
+  sg.run(y, fast);
+  CHECK(sg.operator_calls() == calls_changed);
+  CHECK(calls_changed == calls_dev + 2);  // frame 20 (new) and frame 21 (back to the image)
 }

@@ -1,5 +1,10 @@
 // add, mul, axpy, scale, fill, relu: exact forward on small integers, f64 gradient checks,
-// CPU vs CUDA.
+// CPU vs CUDA (f32 and f64; bit for bit where both compute the same rounded operations).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/device.h"
 #include "kernels/dispatch.h"
 #include "tests/harness.h"
 
@@ -113,4 +118,65 @@ TEST_CASE("elementwise: f64 gradient check") { check_gradients(composite_case); 
 
 TEST_CASE("elementwise: CPU vs CUDA" * doctest::test_suite("gpu")) {
   check_cpu_vs_cuda(composite_case);
+  check_cpu_vs_cuda(composite_case, 1e-10, DType::F64);
+}
+
+// Every elementwise op once on each device from the same inputs, f32 and f64: the bits of the
+// CPU where both compute the same correctly rounded operations (CUDA built with --fmad=false and
+// explicit _rn products), within a few ulp where a library tanh is involved.
+TEST_CASE("elementwise: the CUDA twins give the CPU's bits (f32 and f64)" *
+          doctest::test_suite("gpu")) {
+  if (cuda_device_count() == 0) {
+    MESSAGE("SKIPPED: no CUDA device");
+    return;
+  }
+  ContextOptions o;
+  o.device = Device::Cuda;
+  Context cpu, gpu(o);
+  const Shape s{3, 5, 7, 11};
+  for (DType t : {DType::F32, DType::F64}) {
+    CAPTURE(dtype_name(t));
+    const Tensor a = random_uniform(s, -2, 2, 31, t), b = random_uniform(s, -2, 2, 32, t);
+    const Tensor c = random_uniform(s, -1, 1, 33, t);
+    const Tensor da = gpu.to_device(a), db = gpu.to_device(b), dc = gpu.to_device(c);
+    // Runs op(ctx, a, b, c, y) with y starting as a copy of c on both devices; compares y.
+    auto same = [&](const char* what, auto op, double rel = 0) {
+      Tensor yc = c.clone(), yg = gpu.to_device(c);
+      op(cpu, a, b, c, yc);
+      op(gpu, da, db, dc, yg);
+      const Tensor h = gpu.to_host(yg);
+      if (rel == 0) {
+        CHECK_MESSAGE(std::memcmp(h.raw(), yc.raw(), yc.nbytes()) == 0, what);
+      } else {
+        double worst = 0;
+        for (int64_t i = 0; i < h.numel(); ++i)
+          worst = std::max(worst, std::abs(h.item(i) - yc.item(i)) / std::max(1.0, std::abs(yc.item(i))));
+        CHECK_MESSAGE(worst <= rel, what, ": ", worst);
+      }
+    };
+    using T = const Tensor&;
+    same("add", [](Context& x, T p, T q, T, T y) { ops::add(x, p, q, y); });
+    same("mul", [](Context& x, T p, T q, T, T y) { ops::mul(x, p, q, y); });
+    same("scale", [](Context& x, T p, T, T, T y) { ops::scale(x, 0.3, p, y); });
+    same("axpy", [](Context& x, T p, T, T, T y) { ops::axpy(x, -0.7, p, y); });
+    same("fill", [](Context& x, T, T, T, T y) { ops::fill(x, 0.1, y); });
+    same("relu", [](Context& x, T p, T, T, T y) { ops::relu_forward(x, p, y); });
+    same("relu_backward acc",
+         [](Context& x, T p, T q, T, T y) { ops::relu_backward(x, p, q, y, GradMode::Accumulate); });
+    same("mul_backward grad_a acc", [](Context& x, T p, T q, T r, T y) {
+      ops::mul_backward(x, r, p, q, y, Tensor(), GradMode::Accumulate);
+    });
+    same("mul_backward grad_b", [](Context& x, T p, T q, T r, T y) {
+      ops::mul_backward(x, r, p, q, Tensor(), y, GradMode::Overwrite);
+    });
+    const double tanh_tol = t == DType::F32 ? 1e-6 : 1e-14;
+    same("mul_one_plus_tanh", [](Context& x, T p, T q, T, T y) { ops::mul_one_plus_tanh(x, p, q, y); },
+         tanh_tol);
+    same("mul_one_plus_tanh_backward grad_x acc", [](Context& x, T p, T q, T r, T y) {
+      ops::mul_one_plus_tanh_backward(x, r, p, q, y, Tensor(), GradMode::Accumulate);
+    }, tanh_tol);
+    same("mul_one_plus_tanh_backward grad_g", [](Context& x, T p, T q, T r, T y) {
+      ops::mul_one_plus_tanh_backward(x, r, p, q, Tensor(), y, GradMode::Overwrite);
+    }, tanh_tol);
+  }
 }

@@ -159,17 +159,6 @@ bool leak_rule_of(const std::string& name, LeakRule* rule) {
   return true;
 }
 
-// Host loops over a float tensor of either dtype.
-template <class F>
-void host_loop(const Tensor& t, F&& f) {
-  if (t.dtype() == DType::F32)
-    f(t.data<float>());
-  else if (t.dtype() == DType::F64)
-    f(t.data<double>());
-  else
-    throw DataError(concat("bptt: expected a float tensor, got ", t.str()));
-}
-
 }  // namespace
 
 struct Bptt::Impl {
@@ -223,7 +212,7 @@ struct Bptt::Impl {
   };
   std::vector<Monitored> monitored;  // activity-loss values of the current segment
   std::vector<int64_t> module_calls;
-  std::vector<double> activity_per_sample;
+  Tensor activity_acc;  // f64 [B] on the context's device: each sample's activity sum
   int n_modules = 0;
   int readout_module = -1, transform_module = -1;
   std::vector<int> conn_module, area_module;
@@ -765,41 +754,14 @@ struct Bptt::Impl {
       add_activity(r, lspec->activity_signed);
     }
   }
-  // Per sample: sum |y| / n (absolute) or |sum y| / n (signed), accumulated in double.
+  // Per sample: sum |y| / n (absolute) or |sum y| / n (signed), accumulated in double on the
+  // context's device (kernels/activity.h; on the CPU sequentially, as the host loop did).
   void add_activity(Var y, bool is_signed) {
-    const Tensor h = ctx.host_view(tp.v(y));
-    const int64_t n = h.numel() / batch;
-    host_loop(h, [&](auto* p) {
-      for (int b = 0; b < batch; ++b) {
-        double s = 0;
-        for (int64_t i = 0; i < n; ++i) s += is_signed ? double(p[b * n + i]) : std::abs(double(p[b * n + i]));
-        activity_per_sample[size_t(b)] += std::abs(s) / double(n);
-      }
-    });
+    ops::activity_accumulate(ctx, tp.v(y), is_signed, activity_acc);
   }
   // Adds coef * d(activity)/dy to y's gradient.
   void seed_activity(Var y, double coef, bool is_signed) {
-    const Tensor& gy = tp.g(y);
-    const Tensor hy = ctx.host_view(tp.v(y));
-    Tensor hg = ctx.host_view(gy);
-    const int64_t n = hy.numel() / batch;
-    host_loop(hy, [&](auto* p) {
-      using T = std::remove_pointer_t<decltype(p)>;
-      T* q = hg.data<T>();
-      for (int b = 0; b < batch; ++b) {
-        double sgn_sum = 0;
-        if (is_signed) {
-          for (int64_t i = 0; i < n; ++i) sgn_sum += double(p[b * n + i]);
-          sgn_sum = sgn_sum > 0 ? 1.0 : (sgn_sum < 0 ? -1.0 : 0.0);
-        }
-        for (int64_t i = 0; i < n; ++i) {
-          const double v = p[b * n + i];
-          const double sg = is_signed ? sgn_sum : (v > 0 ? 1.0 : (v < 0 ? -1.0 : 0.0));
-          q[b * n + i] += T(coef * sg / double(n));
-        }
-      }
-    });
-    if (!gy.is_cpu()) ctx.copy(gy, hg);
+    ops::activity_seed(ctx, tp.v(y), coef, is_signed, tp.g(y));
   }
 
   // ---- Segments and snapshots (the checkpoint policy). ----
@@ -1062,7 +1024,7 @@ struct Bptt::Impl {
       }
     }
     module_calls.assign(size_t(std::max(n_act, 1)), 0);
-    activity_per_sample.assign(size_t(B), 0.0);
+    activity_acc = ctx.zeros(Shape{B}, DType::F64);
     logits = ctx.zeros(Shape{B, T, K}, dtype);  // new each run: out.logits may outlive it
 
     // Segments: [begin, end) of absolute steps.
@@ -1146,7 +1108,8 @@ struct Bptt::Impl {
     if (loss.activity_weight != 0 && max_calls > 0 && n_act > 0) {
       const double denom = double(n_act) * double(max_calls);
       double sum = 0;
-      for (double v : activity_per_sample) sum += v;
+      const Tensor acc = ctx.host_view(activity_acc);  // one read per run
+      for (int b = 0; b < B; ++b) sum += acc.item(b);
       out.activity = sum / denom / B;
       activity_coef = loss.activity_weight * loss.scale / denom / B;
     }

@@ -67,35 +67,28 @@ bool params_need_copy(const Context& ctx, const ParamStore& p, DType t) {
 constexpr int kReadoutChunkCuda = 32;
 
 // Per step of a run (idle steps first): 1 where every sample's frame equals the previous step's
-// bit for bit, so that whatever is computed from the frame alone can be kept. Host sequences
-// only (a device sequence would need a comparison on the device: its frames count as new), and
-// none with input adaption (the adapted frame changes every step).
-std::vector<uint8_t> repeated_frames(const Tensor& input, const RunOptions& opt) {
+// bit for bit (the idle frame as ops::fill writes it), so that whatever is computed from the
+// frame alone can be kept (kernels/frames.h). A host sequence is compared on the host; a device
+// sequence on its context's device, with one copy of the [idle + T] flags to the host per run
+// (no per-step sync). A device sequence on another device than ctx's (the run copies it over)
+// counts every frame as new. None with input adaption (the adapted frame changes every step).
+std::vector<uint8_t> repeated_frames(Context& ctx, const Tensor& input, const RunOptions& opt) {
   const int64_t B = input.dim(0), T = input.dim(1), idle = opt.idle_steps;
   std::vector<uint8_t> rep(size_t(idle + T), 0);
-  if (!input.is_cpu() || opt.input_adaption_weight != 0.0 || B * T == 0) return rep;
-  const int64_t fe = input.numel() / (B * T);  // elements per frame
-  const size_t fb = size_t(fe) * dtype_size(input.dtype());
-  const char* base = static_cast<const char*>(input.raw());
-  auto frame = [&](int64_t b, int64_t tr) { return base + size_t(b * T + tr) * fb; };
-  // The idle frame as ops::fill writes it.
-  std::vector<char> idle_frame(fb);
-  if (input.dtype() == DType::F64) {
-    const double v = opt.non_input_value;
-    for (int64_t i = 0; i < fe; ++i) std::memcpy(&idle_frame[size_t(i) * 8], &v, 8);
+  if (opt.input_adaption_weight != 0.0 || B * T == 0) return rep;
+  Tensor flags;
+  if (input.is_cpu()) {
+    flags = Tensor::empty(Shape{idle + T}, DType::I32);
+    cpu::repeated_frames(ctx, input, idle, opt.non_input_value, flags);
+  } else if (ops::on_cuda(ctx) && input.device_index() == ctx.device_index()) {
+    const Tensor on_device = ctx.empty(Shape{idle + T}, DType::I32);
+    ops::repeated_frames(ctx, input, idle, opt.non_input_value, on_device);
+    flags = ctx.to_host(on_device);
   } else {
-    const float v = opt.non_input_value;
-    for (int64_t i = 0; i < fe; ++i) std::memcpy(&idle_frame[size_t(i) * 4], &v, 4);
+    return rep;
   }
-  for (int64_t t = 1; t < idle + T; ++t) {
-    bool same = true;
-    for (int64_t b = 0; b < B && same; ++b) {
-      const char* prev = t - 1 < idle ? idle_frame.data() : frame(b, t - 1 - idle);
-      const char* cur = t < idle ? idle_frame.data() : frame(b, t - idle);
-      same = prev == cur || std::memcmp(prev, cur, fb) == 0;
-    }
-    rep[size_t(t)] = same;
-  }
+  const int32_t* f = flags.data<int32_t>();
+  for (size_t s = 0; s < rep.size(); ++s) rep[s] = f[s] != 0;
   return rep;
 }
 
@@ -387,7 +380,7 @@ struct Scheduler::Impl {
     const size_t A = g.areas.size();
     refresh_parameters();
     const std::vector<uint8_t> repeats =
-        opt.fast_paths ? repeated_frames(input, opt)
+        opt.fast_paths ? repeated_frames(ctx, input, opt)
                        : std::vector<uint8_t>(size_t(opt.idle_steps) + size_t(T), 0);
     reuse_input_terms = opt.fast_paths;
     fused_tail = opt.fast_paths && builtin_leak;

@@ -2,8 +2,10 @@
 // the context's device. Models, solvers and the scheduler call only these. An op without a
 // CUDA implementation yet throws NotImplemented naming itself when called on a CUDA context.
 #pragma once
+#include "kernels/activity.h"
 #include "kernels/conv2d.h"
 #include "kernels/elementwise.h"
+#include "kernels/frames.h"
 #include "kernels/leak.h"
 #include "kernels/leak_tail.h"
 #include "kernels/linear.h"
@@ -221,6 +223,19 @@ inline void abs_mean_std(Context& c, const Tensor& x, int64_t column, const Tens
   if constexpr (kCudaBuilt) return cuda::abs_mean_std(c, x, column, mean, sd);
   no_cuda("abs_mean_std");
 }
+// DynVision's activity loss (kernels/activity.h): acc[b] += |s_b| / n (acc f64 [B]), and its
+// gradient coef * d(|s_b| / n)/dy added to grad_y.
+inline void activity_accumulate(Context& c, const Tensor& y, bool is_signed, const Tensor& acc) {
+  if (!on_cuda(c)) return cpu::activity_accumulate(c, y, is_signed, acc);
+  if constexpr (kCudaBuilt) return cuda::activity_accumulate(c, y, is_signed, acc);
+  no_cuda("activity_accumulate");
+}
+inline void activity_seed(Context& c, const Tensor& y, double coef, bool is_signed,
+                          const Tensor& grad_y) {
+  if (!on_cuda(c)) return cpu::activity_seed(c, y, coef, is_signed, grad_y);
+  if constexpr (kCudaBuilt) return cuda::activity_seed(c, y, coef, is_signed, grad_y);
+  no_cuda("activity_seed");
+}
 inline void resize_nearest_forward(Context& c, const Tensor& x, const Tensor& y) {
   if (!on_cuda(c)) return cpu::resize_nearest_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::resize_nearest_forward(c, x, y);
@@ -345,6 +360,15 @@ inline void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor
     return cuda::leak_tail_backward(c, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h,
                                     grad_tau, m);
   no_cuda("leak_tail_backward");
+}
+
+// Repeated input frames (kernels/frames.h): flags i32 [idle_steps + T], 1 where every sample's
+// frame equals the previous step's bit for bit (the idle frame: idle_value in the input's dtype).
+inline void repeated_frames(Context& c, const Tensor& input, int64_t idle_steps,
+                            double idle_value, const Tensor& flags) {
+  if (!on_cuda(c)) return cpu::repeated_frames(c, input, idle_steps, idle_value, flags);
+  if constexpr (kCudaBuilt) return cuda::repeated_frames(c, input, idle_steps, idle_value, flags);
+  no_cuda("repeated_frames");
 }
 
 // Additive Gaussian noise (kernels/noise.h): reserves numel indices of the context's stream.

@@ -4,8 +4,9 @@
 // stability message. The gpu suite (Skipped without a device): whole DyRCNNx4 trajectories on
 // CUDA against the CPU (fp32, TF32 off; every area's rates at every step, the logits and the
 // layer statistics within 1e-4 of the largest CPU value) for euler, rk4 and rk4-classic, a host
-// and a device input giving the same bits, the stability check after the loop, and f64
-// trajectories within 1e-10; cuda_unsupported() on the CPU.
+// and a device input giving the same bits, the stability check after the loop, f64
+// trajectories within 1e-10, and a device-resident static image saving as many operator calls as
+// a host one (repeated frames found on the device); cuda_unsupported() on the CPU.
 #include <cmath>
 #include <cstring>
 

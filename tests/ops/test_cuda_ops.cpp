@@ -1,10 +1,10 @@
 // The CUDA twins of issue 5 against the CPU references on random inputs (gpu suite): leak step
 // and slope, conv2d (cuDNN), linear (cuBLAS), pooling, resize, softplus, supralinearity, sums,
-// losses and optimiser updates; f32 within 1e-5 and f64 within 1e-10 (relative to the largest
-// CPU value), forward and every gradient in both gradient write modes; exact equality where the
-// twins share every rounding step; run-to-run determinism. Without a device the gpu suite is
-// Skipped (tests/main.cpp). On the CPU: a CUDA context without a device is a clear error, and
-// the CUDA twins reject host tensors before touching a device.
+// losses, optimiser updates and the activity loss; f32 within 1e-5 and f64 within 1e-10
+// (relative to the largest CPU value), forward and every gradient in both gradient write modes;
+// exact equality where the twins share every rounding step; run-to-run determinism. Without a
+// device the gpu suite is Skipped (tests/main.cpp). On the CPU: a CUDA context without a device
+// is a clear error, and the CUDA twins reject host tensors before touching a device.
 #include "engine/device.h"
 #include "kernels/dispatch.h"
 #include "kernels/pool2d_math.h"
@@ -458,6 +458,49 @@ TEST_CASE("cuda_ops: sums and deterministic conv2d give the same bits on every r
   require_equal(gpu.to_host(gw[1]), gpu.to_host(gw[0]), "conv2d wgrad run to run");
 }
 
+// DynVision's activity loss (kernels/activity.h): the CUDA twin sums each sample in one block
+// (a fixed tree in double), so accumulate agrees with the CPU's sequential sum within 1e-12 and
+// gives the same bits on every run. The seed's increments T(coef * sign / n) are the CPU's bits:
+// the absolute seed shares every rounding step, and the signed one does too once the sign of each
+// sample's sum agrees, which these inputs ensure (each sum is about +-n / 2, far from 0).
+TEST_CASE("cuda_ops: activity_accumulate and activity_seed agree with the CPU" *
+          doctest::test_suite("gpu")) {
+  if (no_device()) return;
+  Context cpu;
+  ContextOptions o;
+  o.device = Device::Cuda;
+  Context gpu(o);
+  uint64_t seed = 700;
+  for (DType t : {DType::F32, DType::F64})
+    for (bool is_signed : {false, true})
+      for (const Shape& s : {Shape{1, 3, 17, 19}, Shape{5, 8, 33, 35}, Shape{3, 200003},
+                             Shape{64, 2, 5}, Shape{7}}) {
+        const std::string tag =
+            concat("activity ", dtype_name(t), is_signed ? " signed " : " absolute ", s.str());
+        Tensor y = random_uniform(s, -1, 1, ++seed, t);
+        const int64_t B = s[0], n = y.numel() / B;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t i = 0; i < n; ++i)
+            y.set(b * n + i, y.item(b * n + i) + (b % 2 ? -0.5 : 0.5));
+        if (n > 1)
+          for (int64_t i = 0; i < y.numel(); i += 7) y.set(i, 0.0);  // the absolute seed's sign 0
+        const Tensor dy = gpu.to_device(y);
+        Tensor acc = random_uniform({B}, 0.5, 2, ++seed, DType::F64);
+        Tensor dacc = gpu.to_device(acc);
+        ops::activity_accumulate(cpu, y, is_signed, acc);
+        ops::activity_accumulate(gpu, dy, is_signed, dacc);
+        require_close(gpu.to_host(dacc), acc, 0, 1e-12, tag + " accumulate");
+        Tensor run[2] = {gpu.zeros({B}, DType::F64), gpu.zeros({B}, DType::F64)};
+        for (Tensor& r : run) ops::activity_accumulate(gpu, dy, is_signed, r);
+        require_equal(gpu.to_host(run[1]), gpu.to_host(run[0]), tag + " accumulate run to run");
+        Tensor grad = random_uniform(s, -1, 1, ++seed, t);
+        Tensor dgrad = gpu.to_device(grad);
+        ops::activity_seed(cpu, y, 0.37, is_signed, grad);
+        ops::activity_seed(gpu, dy, 0.37, is_signed, dgrad);
+        require_equal(gpu.to_host(dgrad), grad, tag + " seed");
+      }
+}
+
 TEST_CASE("cuda_ops: the index inverses behind the gather backwards of pooling and resize") {
   // pool::windows_containing(i) is exactly the set of outputs whose window holds input i.
   for (int k = 1; k <= 4; ++k)
@@ -536,5 +579,9 @@ TEST_CASE("cuda_ops: the CUDA twins reject host tensors by name") {
   CHECK_THROWS_WITH_AS(cuda::mse_forward(ctx, x, x, one), host_msg("mse_forward"), DataError);
   CHECK_THROWS_WITH_AS(cuda::adam_step(ctx, {}, x, x, x, x), host_msg("adam_step"), DataError);
   CHECK_THROWS_WITH_AS(cuda::sum_squares(ctx, x), host_msg("sum_squares"), DataError);
+  CHECK_THROWS_WITH_AS(cuda::activity_accumulate(ctx, x, false, Tensor::zeros({2}, DType::F64)),
+                       host_msg("activity_accumulate"), DataError);
+  CHECK_THROWS_WITH_AS(cuda::activity_seed(ctx, x, 1.0, true, Tensor::zeros(x.shape())),
+                       host_msg("activity_seed"), DataError);
 }
 #endif

@@ -1,8 +1,9 @@
 // DyRCNNx4 on a CUDA device: the forward simulation (Scheduler::run, layer recording) at 64x64
 // and 224x224, batch 64, T = 20 real steps, per precision mode (fp32 = TF32 off; tf32 = cuDNN
-// and cuBLAS may use TF32 tensor ops; bf16: no bf16 storage or math yet, reported as not
-// available), then a training step per precision (Bptt: forward + CE loss + reverse sweep, no
-// optimiser update; store-all up to 128x128, checkpoint every 5 steps above). Per row: median ms per run and per step, steps/s and
+// and cuBLAS may use TF32 tensor ops; bf16 = bf16 storage of the input, parameters and
+// activations with f32 math, TF32 off: the run's dtype, engine/scheduler.h), then a training step
+// per precision (Bptt: forward + CE loss + reverse sweep, no optimiser update; store-all up to
+// 128x128, checkpoint every 5 steps above; bf16 has no training row: training is f32). Per row: median ms per run and per step, steps/s and
 // image-steps/s over R runs after one warm-up (host clock around a run; Scheduler::run returns
 // after its final copy to the host, so the GPU work is included), and the peak device memory the
 // engine allocated (device_memory(): tensors and scratch, without the CUDA context or library
@@ -26,6 +27,7 @@
 #include "engine/bptt.h"
 #include "engine/device.h"
 #include "models/dyrcnn/dyrcnn.h"
+#include "kernels/dispatch.h"
 
 using namespace dynsim;
 
@@ -100,14 +102,15 @@ Graph build(int size) {
 
 // The forward: one Scheduler per precision, the input on the device before the timing; with
 // `graph` the step loop replayed as a CUDA graph (RunOptions::cuda_graph).
-Row forward_row(const Options& o, int size, Precision p, bool graph = false) {
-  Row r{graph ? "forward+graph" : "forward", precision_name(p), "", size};
+Row forward_row(const Options& o, int size, Precision p, bool graph = false, bool bf16 = false) {
+  Row r{graph ? "forward+graph" : "forward", bf16 ? "bf16" : precision_name(p), "", size};
   Graph g = build(size);
   ContextOptions co;
   co.device = Device::Cuda;
   co.precision = p;
   Context ctx(co);
-  const Tensor input = ctx.to_device(bench::values({o.batch, o.steps, 3, size, size}, 1));
+  const Tensor host_input = bench::values({o.batch, o.steps, 3, size, size}, 1);
+  const Tensor input = ctx.to_device(bf16 ? host_input.to_dtype(DType::BF16) : host_input);
   Scheduler sched(ctx, g, SolverSpec(o.solver));
   RunOptions ro;
   ro.record = RecordMode::Layer;
@@ -121,6 +124,12 @@ Row forward_row(const Options& o, int size, Precision p, bool graph = false) {
   r.used = device_used();
   r.note = "layer recording; peak includes the " + std::to_string(int(mib(input.nbytes()))) +
            " MiB input";
+  if (bf16) {
+    const ops::Conv2dBf16Refusal& refusal = ctx.plans().get_or_create<ops::Conv2dBf16Refusal>(
+        PlanKey("conv2d_bf16_refused"), [] { return std::make_shared<ops::Conv2dBf16Refusal>(); });
+    r.note += refusal.refused ? "; cuDNN refused bf16 convs, run on f32 copies: " + refusal.why
+                              : "; native cuDNN bf16 convs";
+  }
   if (graph) {
     replayed = sched.run(input, ro);
     RunOptions plain_ro = ro;
@@ -255,17 +264,11 @@ int main(int argc, char** argv) {
   int failed = 0;
   for (int size : o.sizes) {
     for (const std::string& p : o.precisions) {
-      if (p == "bf16") {
-        print_row(o,
-                  Row{"forward", p,
-                      "not available: no bf16 storage or bf16 math in the kernels "
-                      "yet (Precision::BF16 only allows TF32 tensor ops)",
-                      size},
-                  json);
-        continue;
-      }
       try {
-        print_row(o, forward_row(o, size, p == "tf32" ? Precision::TF32 : Precision::FP32), json);
+        print_row(o,
+                  forward_row(o, size, p == "tf32" ? Precision::TF32 : Precision::FP32, false,
+                              p == "bf16"),
+                  json);
       } catch (const Error& e) {
         ++failed;
         print_row(o, Row{"forward", p, std::string("FAILED: ") + e.what(), size}, json);

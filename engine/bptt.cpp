@@ -979,6 +979,10 @@ struct Bptt::Impl {
                  const LossSpec& loss, const BpttOptions& opt, ParamStore* grads) {
     if (in.rank() != 5)
       throw DataError(concat("bptt: input must be [B, T, C, H, W], got ", in.str()));
+    if (in.dtype() == DType::BF16)
+      throw NotImplemented(
+          "bptt: bf16 inputs are not supported: training runs in f32 or f64 (bf16 is a storage "
+          "precision for simulation runs; convert the input to f32)");
     const int B = int(in.dim(0));
     T = int(in.dim(1));
     if (in.dim(2) != g.input_channels || in.dim(3) != g.input_height || in.dim(4) != g.input_width)

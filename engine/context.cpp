@@ -39,7 +39,6 @@ const char* precision_name(Precision p) {
   switch (p) {
     case Precision::FP32: return "fp32";
     case Precision::TF32: return "tf32";
-    case Precision::BF16: return "bf16";
   }
   return "?";
 }

@@ -14,7 +14,10 @@
 
 namespace dynsim {
 
-enum class Precision : uint8_t { FP32, TF32, BF16 };
+// The CUDA math mode: FP32 (TF32 off) or TF32 (cuDNN and cuBLAS may use TF32 tensor ops). The
+// bf16 storage precision is the run's dtype (DType::BF16), not a math mode: its ops compute in
+// f32 under the context's mode.
+enum class Precision : uint8_t { FP32, TF32 };
 const char* precision_name(Precision p);
 
 struct ContextOptions {

@@ -125,7 +125,9 @@ std::vector<hsize_t> chunk_dims(const std::vector<hsize_t>& dims, size_t elem_by
 }
 
 void write_dataset(hid_t file, hid_t lcpl, const std::string& path, const std::string& name,
-                   const Tensor& t) {
+                   const Tensor& given) {
+  // HDF5 has no standard bf16 type: bf16 is stored as f32 (the values widened exactly).
+  const Tensor t = given.dtype() == DType::BF16 ? given.to_dtype(DType::F32) : given;
   const std::string where = concat(path, ": dataset '", name, "'");
   std::vector<hsize_t> dims;
   for (int d = 0; d < t.rank(); ++d) dims.push_back(hsize_t(t.dim(d)));

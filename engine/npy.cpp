@@ -148,6 +148,8 @@ void save_npy_raw(const std::string& path, const std::string& descr, const Shape
 
 void save_npy(const std::string& path, const Tensor& t) {
   if (!t.defined() || !t.is_cpu()) throw Error(concat("save_npy ", path, ": needs a host tensor"));
+  // numpy has no bf16: stored as f32 (the values widened exactly).
+  if (t.dtype() == DType::BF16) return save_npy(path, t.to_dtype(DType::F32));
   const char* descr = t.dtype() == DType::F32 ? "<f4" : t.dtype() == DType::F64 ? "<f8" : "<i4";
   save_npy_raw(path, descr, t.shape(), t.raw(), t.nbytes());
 }

@@ -12,25 +12,27 @@ namespace dynsim {
 Recorder::Recorder(Context& ctx, const Graph& g, int batch, int steps, int K, DType t,
                    RecordMode mode)
     : ctx_(ctx), B_(batch), T_(steps), K_(K), mode_(mode) {
+  // A bf16 run: statistics accumulate in f32 (ops::abs_mean_std writes f32 from bf16 rates).
+  const DType stat_t = t == DType::BF16 ? DType::F32 : t;
   const size_t A = g.areas.size();
   rec_.steps = steps;
   for (const Area& a : g.areas) rec_.areas.push_back(a.name);
   rec_.present.assign(A, std::vector<uint8_t>(size_t(steps), 0));
-  auto filled = [&](const Shape& s, double v) {
-    Tensor x = ctx.empty(s, t);
+  auto filled = [&](const Shape& s, double v, DType dt) {
+    Tensor x = ctx.empty(s, dt);
     ops::fill(ctx, v, x);
     return x;
   };
   const double nan = std::numeric_limits<double>::quiet_NaN();
   if (mode == RecordMode::Layer)
     for (size_t a = 0; a < A; ++a) {
-      mean_.push_back(filled(Shape{B_, T_}, nan));  // NaN while the area is absent
-      sd_.push_back(filled(Shape{B_, T_}, nan));
+      mean_.push_back(filled(Shape{B_, T_}, nan, stat_t));  // NaN while the area is absent
+      sd_.push_back(filled(Shape{B_, T_}, nan, stat_t));
     }
   if (mode == RecordMode::Full)
     for (const Area& a : g.areas)
-      full_.push_back(filled(Shape{B_, T_, a.channels, a.height, a.width}, 0.0));
-  logits_ = K > 0 ? filled(Shape{B_, T_, K}, 0.0) : Tensor::zeros(Shape{B_, T_, 0}, t);
+      full_.push_back(filled(Shape{B_, T_, a.channels, a.height, a.width}, 0.0, t));
+  logits_ = K > 0 ? filled(Shape{B_, T_, K}, 0.0, t) : Tensor::zeros(Shape{B_, T_, 0}, stat_t);
 }
 
 void Recorder::rates(int a, int64_t tr, const Tensor* r, bool present) {
@@ -59,6 +61,13 @@ void Recorder::clear() {
   if (K_ > 0) ops::fill(ctx_, 0.0, logits_);
 }
 
+namespace {
+// The recording's tensors are f32 or f64: bf16 rates and logits widen (exactly) on the host.
+Tensor widened(Tensor host) {
+  return host.dtype() == DType::BF16 ? host.to_dtype(DType::F32) : host;
+}
+}  // namespace
+
 Recording Recorder::copy_out() {
   Recording r;
   r.steps = rec_.steps;
@@ -68,8 +77,8 @@ Recording Recorder::copy_out() {
     r.mean_abs.push_back(ctx_.to_host(mean_[a]));
     r.std_abs.push_back(ctx_.to_host(sd_[a]));
   }
-  for (const Tensor& f : full_) r.rates.push_back(ctx_.to_host(f));
-  r.logits = ctx_.to_host(logits_);
+  for (const Tensor& f : full_) r.rates.push_back(widened(ctx_.to_host(f)));
+  r.logits = widened(ctx_.to_host(logits_));
   return r;
 }
 
@@ -78,8 +87,8 @@ Recording Recorder::finish() {
     rec_.mean_abs.push_back(ctx_.host_view(mean_[a]));
     rec_.std_abs.push_back(ctx_.host_view(sd_[a]));
   }
-  for (const Tensor& f : full_) rec_.rates.push_back(ctx_.host_view(f));
-  rec_.logits = ctx_.host_view(logits_);
+  for (const Tensor& f : full_) rec_.rates.push_back(widened(ctx_.host_view(f)));
+  rec_.logits = widened(ctx_.host_view(logits_));
   mean_.clear();
   sd_.clear();
   full_.clear();
@@ -93,7 +102,7 @@ StabilityProbes::StabilityProbes(Context& ctx, const Graph& g, int64_t total_ste
       areas_(int64_t(g.areas.size())),
       idle_(idle_steps),
       solver_(std::move(staged_solver)) {
-  values_ = ctx.empty(Shape{total_steps * areas_}, t);
+  values_ = ctx.empty(Shape{total_steps * areas_}, t == DType::BF16 ? DType::F32 : t);
   written_.assign(size_t(total_steps * areas_), 0);
 }
 

@@ -343,7 +343,10 @@ void save_safetensors(const std::string& path, const std::map<std::string, Tenso
     if (!t.defined() || !t.is_cpu())
       throw Error(concat("save_safetensors ", path, ": tensor '", name, "' is ",
                          t.defined() ? t.str() : "undefined", "; needs a host tensor"));
-    const char* dt = t.dtype() == DType::F32 ? "F32" : t.dtype() == DType::F64 ? "F64" : "I32";
+    const char* dt = t.dtype() == DType::F32    ? "F32"
+                     : t.dtype() == DType::F64  ? "F64"
+                     : t.dtype() == DType::BF16 ? "BF16"
+                                                : "I32";
     h[name] = {
         {"dtype", dt}, {"shape", t.shape().vec()}, {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();

@@ -20,7 +20,8 @@ struct TensorFile {
 // NoInputError when the file is missing; DataError (naming the file and tensor) when malformed.
 TensorFile load_safetensors(const std::string& path);
 
-// Tensors are laid out in name order; the header is padded with spaces to a multiple of 8 bytes.
+// Tensors are laid out in name order (bf16 as BF16); the header is padded with spaces to a
+// multiple of 8 bytes.
 // Error for undefined or device tensors and the reserved name "__metadata__"; IoError on failure.
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata = {});

@@ -96,9 +96,10 @@ std::vector<uint8_t> repeated_frames(Context& ctx, const Tensor& input, const Ru
 
 std::string cuda_unsupported(const Graph& g, DType t) {
   (void)g;  // every operator kind has CUDA twins (local_sheet and reflect padding included),
-            // every op f32 and f64
-  if (t != DType::F32 && t != DType::F64)
-    return concat("scheduler on CUDA: ", dtype_name(t), " runs are not supported (f32 or f64)");
+            // every op f32 and f64, bf16 through f32 copies (engine/bf16_widen.h)
+  if (t != DType::F32 && t != DType::F64 && t != DType::BF16)
+    return concat("scheduler on CUDA: ", dtype_name(t),
+                  " runs are not supported (f32, f64 or bf16)");
   return "";
 }
 
@@ -338,6 +339,10 @@ struct Scheduler::Impl {
   }
   std::vector<const Tensor*> fwd_src;
 
+  // tau's dtype: the run's, but f32 in bf16 runs (a time constant such as 8.3 keeps its f32
+  // value; the ops take it as an f32 operand).
+  DType tau_dtype() const { return dtype == DType::BF16 ? DType::F32 : dtype; }
+
   // The graph's parameters into the run's copies (a no-op when the run uses them directly),
   // tau anew (training changes it), the operators' host-side scalars: once per run.
   void refresh_parameters() {
@@ -352,8 +357,9 @@ struct Scheduler::Impl {
         }
       }
     for (size_t a = 0; a < g.areas.size(); ++a) {
-      const Tensor th = area_tau(ctx, g, g.areas[a], batch, dtype);
-      if (!tau[a].defined() || tau[a].shape() != th.shape()) tau[a] = ctx.empty(th.shape(), dtype);
+      const Tensor th = area_tau(ctx, g, g.areas[a], batch, tau_dtype());
+      if (!tau[a].defined() || tau[a].shape() != th.shape())
+        tau[a] = ctx.empty(th.shape(), tau_dtype());
       ctx.copy(tau[a], th);
     }
     for (OperatorRunner& r : runners) r.begin_run(ctx);

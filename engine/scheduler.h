@@ -79,15 +79,18 @@ RingPlan plan_rings(const Graph& g, bool staged);
 // training changes it) or the fixed value ([1]).
 Tensor area_tau(Context& ctx, const Graph& g, const Area& a, int batch, DType t);
 
-// Why the Scheduler cannot run graph g in dtype t on a CUDA context ("" when it can): every f32
-// and f64 graph runs there. run() throws NotImplemented with this message.
+// Why the Scheduler cannot run graph g in dtype t on a CUDA context ("" when it can): every f32,
+// f64 and bf16 graph runs there. run() throws NotImplemented with this message.
 std::string cuda_unsupported(const Graph& g, DType t);
 
 class Scheduler {
  public:
   Scheduler(Context& ctx, Graph& graph, const SolverSpec& solver = {});
   ~Scheduler();
-  // input: [B, T, C, H, W], f32 or f64, on the host or the context's device.
+  // input: [B, T, C, H, W], f32, f64 or bf16, on the host or the context's device. The input's
+  // dtype is the run's: parameters, rings, drives and terms in it (converted copies of the
+  // graph's f32 parameters); a bf16 run keeps tau in f32, computes every op in f32 on the
+  // stored bf16 values (kernels/dispatch.h) and records f32 (the bf16 values widened exactly).
   // NotImplemented on CUDA for what cuda_unsupported() names.
   Recording run(const Tensor& input, const RunOptions& opt = {});
   // Operator evaluations (engine/operators.h: convolutions and the like, with the input

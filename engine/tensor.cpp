@@ -13,6 +13,7 @@ size_t dtype_size(DType t) {
     case DType::F32: return 4;
     case DType::F64: return 8;
     case DType::I32: return 4;
+    case DType::BF16: return 2;
   }
   return 0;
 }
@@ -21,6 +22,7 @@ const char* dtype_name(DType t) {
     case DType::F32: return "f32";
     case DType::F64: return "f64";
     case DType::I32: return "i32";
+    case DType::BF16: return "bf16";
   }
   return "?";
 }
@@ -141,6 +143,7 @@ double Tensor::item(int64_t i) const {
     case DType::F32: return static_cast<const float*>(raw())[i];
     case DType::F64: return static_cast<const double*>(raw())[i];
     case DType::I32: return static_cast<const int32_t*>(raw())[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const bf16*>(raw())[i]);
   }
   return 0;
 }
@@ -150,6 +153,7 @@ void Tensor::set(int64_t i, double v) {
     case DType::F32: static_cast<float*>(raw())[i] = float(v); break;
     case DType::F64: static_cast<double*>(raw())[i] = v; break;
     case DType::I32: static_cast<int32_t*>(raw())[i] = int32_t(v); break;
+    case DType::BF16: static_cast<bf16*>(raw())[i] = bf16_from_f64(v); break;
   }
 }
 std::vector<double> Tensor::to_vector() const {

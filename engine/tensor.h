@@ -1,6 +1,7 @@
 // Tensor: a shape (row-major, NCHW by convention), a dtype, a device and shared storage.
 // Views (reshape, slice along dim 0) share the storage and cost nothing. Host data is 64-byte
-// aligned. f32 everywhere; f64 for gradient checks (CPU and CUDA); i32 for labels and indices.
+// aligned. f32 everywhere; f64 for gradient checks (CPU and CUDA); i32 for labels and indices;
+// bf16 for the bf16 storage precision (values converted by rounding to nearest even).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -9,11 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/bf16.h"
 #include "engine/errors.h"
 
 namespace dynsim {
 
-enum class DType : uint8_t { F32, F64, I32 };
+// BF16: storage only (engine/bf16.h); ops compute in f32 and round what they store.
+enum class DType : uint8_t { F32, F64, I32, BF16 };
 enum class Device : uint8_t { Cpu, Cuda };
 
 size_t dtype_size(DType t);
@@ -28,6 +31,8 @@ template <>
 constexpr DType dtype_of<double>() { return DType::F64; }
 template <>
 constexpr DType dtype_of<int32_t>() { return DType::I32; }
+template <>
+constexpr DType dtype_of<bf16>() { return DType::BF16; }
 
 class Shape {
  public:

@@ -10,12 +10,18 @@
 // padded input's gradient into scratch and folds it back onto the mirrored pixels (a gather);
 // wgrad runs on the padded copy; the bias gradient is unchanged. The padded buffers and the
 // workspace share one scratch block, so steady state allocates nothing.
+// bf16 storage (forward only, zero padding): x, w and y bf16 in cuDNN's pseudo-bf16
+// configuration (bf16 data, f32 compute type: the products of bf16 values are exact in f32 and
+// accumulate in f32; tensor-op algorithms allowed, since they take no TF32 shortcut on bf16
+// data), y rounded to bf16 by cuDNN, then the bias added in f32 and rounded again
+// (add_channel_bias_bf16): within about 1.5 bf16 ulps of the f32 conv rounded once.
 #include <algorithm>
 #include <climits>
 #include <memory>
 #include <string>
 
 #include "engine/cuda_check.h"
+#include "kernels/cast.h"
 #include "kernels/conv2d.h"
 #include "kernels/pad.h"
 
@@ -54,10 +60,12 @@ int as_int(const char* op, const char* what, int64_t v) {
 }
 
 // Checks the arguments like the CPU twin and returns y's shape.
-Shape check_problem(const char* op, const Conv2dParams& p, const Tensor& x, const Tensor& w) {
+Shape check_problem(const char* op, const Conv2dParams& p, const Tensor& x, const Tensor& w,
+                    bool bf16_ok = false) {
   if (!x.defined()) throw DataError(concat(op, ": x is undefined"));
   if (x.device() != Device::Cuda) throw DataError(concat(op, ": CUDA op got ", x.str()));
-  if (x.dtype() != DType::F32 && x.dtype() != DType::F64)
+  if (x.dtype() != DType::F32 && x.dtype() != DType::F64 &&
+      !(bf16_ok && x.dtype() == DType::BF16))
     throw DataError(concat(op, ": needs f32 or f64, got ", x.str()));
   check_same(op, "w", w, x);
   const Shape ys = p.output_shape(x.shape(), w.shape());
@@ -101,8 +109,8 @@ size_t align_up(size_t n) {
 
 ConvPlan& plan_for(Context& c, const Conv2dParams& p, DType dtype, const Shape& xs, const Shape& ws,
                    const Shape& ys) {
-  const bool f64 = dtype == DType::F64;
-  const bool tensor_ops = !f64 && c.precision() != Precision::FP32;
+  const bool f64 = dtype == DType::F64, bf16 = dtype == DType::BF16;
+  const bool tensor_ops = bf16 || (!f64 && c.precision() != Precision::FP32);
   const bool det = c.options().deterministic;
   // No allocation per call: the key holds the problem's numbers.
   PlanKey key("conv2d");
@@ -112,10 +120,11 @@ ConvPlan& plan_for(Context& c, const Conv2dParams& p, DType dtype, const Shape& 
   return c.plans().get_or_create<ConvPlan>(key, [&] {
     auto pl = std::make_shared<ConvPlan>();
     const char* op = "conv2d (cuDNN)";
-    const cudnnDataType_t dt = f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
+    const cudnnDataType_t dt = f64 ? CUDNN_DATA_DOUBLE : bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    const cudnnDataType_t compute = bf16 ? CUDNN_DATA_FLOAT : dt;
     pl->key = concat(dtype_name(dtype), " x", xs.str(), " w", ws.str(), " s", p.stride_h, ",",
                      p.stride_w, " p", p.pad_h, ",", p.pad_w, " g", p.groups,
-                     tensor_ops ? " tf32" : " fma", det ? " det" : "");
+                     bf16 ? " bf16/f32" : tensor_ops ? " tf32" : " fma", det ? " det" : "");
     pl->tensor_ops = tensor_ops;
     pl->deterministic = det;
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&pl->x));
@@ -133,7 +142,7 @@ ConvPlan& plan_for(Context& c, const Conv2dParams& p, DType dtype, const Shape& 
                                            as_int(op, "Cin/groups", ws[1]), as_int(op, "KH", ws[2]),
                                            as_int(op, "KW", ws[3])));
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(pl->conv, p.pad_h, p.pad_w, p.stride_h, p.stride_w,
-                                                1, 1, CUDNN_CROSS_CORRELATION, dt));
+                                                1, 1, CUDNN_CROSS_CORRELATION, compute));
     CUDNN_CHECK(cudnnSetConvolutionGroupCount(pl->conv, p.groups));
     // FMA math keeps fp32 convolutions off TF32 tensor cores (torch's allow_tf32 = False).
     const cudnnMathType_t math = tensor_ops || f64 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
@@ -209,9 +218,21 @@ struct Scalars {
 void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
                     const Tensor& b, const Tensor& y) {
   const char* op = "conv2d_forward";
-  const Shape ys = check_problem(op, p, x, w);
-  if (b.defined()) check_arg(op, "b", b, x, Shape{w.dim(0)});
+  const Shape ys = check_problem(op, p, x, w, true);
+  const bool bf16 = x.dtype() == DType::BF16;
+  if (b.defined()) {
+    if (bf16 && b.dtype() == DType::F32) {  // an f32 bias on bf16 data: same device, shape
+      check_shape(op, "b", b, Shape{w.dim(0)});
+      if (b.device() != x.device() || b.device_index() != x.device_index())
+        throw DataError(concat(op, ": b is ", b.str(), " but x is ", x.str(), " (one device)"));
+    } else {
+      check_arg(op, "b", b, x, Shape{w.dim(0)});
+    }
+  }
   check_arg(op, "y", y, x, ys);
+  if (bf16 && p.pad_mode == PadMode::Reflect && (p.pad_h || p.pad_w))
+    throw NotImplemented(concat(op, ": bf16 with reflect padding has no cuDNN form (ops::"
+                                    "conv2d_forward runs it on f32 copies)"));
   if (ys.numel() == 0) return;
   const CudnnProblem q = cudnn_problem(op, p, x);
   auto h = static_cast<cudnnHandle_t>(c.cudnn());
@@ -232,7 +253,9 @@ void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Te
   void* ws = pl.fwd_ws ? block + xp_bytes : nullptr;
   CUDNN_CHECK(cudnnConvolutionForward(h, s.one(), pl.x, xin, pl.w, w.raw(), pl.conv, pl.fwd, ws,
                                       pl.fwd_ws, s.zero(), pl.y, y.raw()));
-  if (b.defined())
+  if (b.defined() && bf16)
+    add_channel_bias_bf16(c, y, b);
+  else if (b.defined())
     CUDNN_CHECK(cudnnAddTensor(h, s.one(), pl.bias, b.raw(), s.one(), pl.y, y.raw()));
 }
 

@@ -2,7 +2,9 @@
 // the context's device. Models, solvers and the scheduler call only these. An op without a
 // CUDA implementation yet throws NotImplemented naming itself when called on a CUDA context.
 #pragma once
+#include "engine/bf16_widen.h"
 #include "kernels/activity.h"
+#include "kernels/cast.h"
 #include "kernels/conv2d.h"
 #include "kernels/elementwise.h"
 #include "kernels/frames.h"
@@ -30,8 +32,75 @@ inline bool on_cuda(const Context& c) {
 
 constexpr bool kCudaBuilt = DYNSIM_WITH_CUDA;
 
+// y = x converted between f32, f64 and bf16 (kernels/cast.h).
+inline void cast(Context& c, const Tensor& x, const Tensor& y) {
+  if (!on_cuda(c)) return cpu::cast(c, x, y);
+  if constexpr (kCudaBuilt) return cuda::cast(c, x, y);
+  no_cuda("cast");
+}
+inline bool any_bf16_terms(const LeakTailTerms& terms) {
+  for (int i = 0; i < terms.size() && i < LeakTailTerms::kMax; ++i)
+    if (terms[i].defined() && terms[i].dtype() == DType::BF16) return true;
+  return false;
+}
+
+// The CUDA leak tail's native bf16 form (kernels/leak_tail.h): every term, h (when given), x
+// (when given) and r bf16, tau f32, as the Scheduler's bf16 runs call it.
+inline bool leak_tail_native_bf16(const Context& c, const LeakTailTerms& terms, const Tensor& h,
+                                  const Tensor& tau, const Tensor& x, const Tensor& r) {
+  if (!kCudaBuilt || !on_cuda(c) || terms.size() < 1) return false;
+  auto bf = [](const Tensor& t) { return t.defined() && t.dtype() == DType::BF16; };
+  for (int i = 0; i < terms.size(); ++i)
+    if (!bf(terms[i])) return false;
+  return (!h.defined() || bf(h)) && (!x.defined() || bf(x)) && bf(r) && tau.defined() &&
+         tau.dtype() == DType::F32;
+}
+
+// The CUDA conv's native bf16 form (kernels/conv2d_cudnn.cpp: x, w, y bf16, b bf16 or f32, zero
+// padding). Returns false when it does not apply, or when cuDNN has refused a bf16 problem on
+// this context (no bf16 support on this GPU or cuDNN): that problem and later ones run on f32
+// copies. The refusal comes from the run's first (uncaptured) step, before any work is queued.
+struct Conv2dBf16Refusal {
+  bool refused = false;
+  std::string why;
+};
+inline bool conv2d_native_bf16(Context& c, const Conv2dParams& p, const Tensor& x,
+                               const Tensor& w, const Tensor& b, const Tensor& y) {
+  if constexpr (!kCudaBuilt) {
+    return false;
+  } else {
+    if (!on_cuda(c)) return false;
+    auto bf = [](const Tensor& t) { return t.defined() && t.dtype() == DType::BF16; };
+    if (!bf(x) || !bf(w) || !bf(y) || (b.defined() && !bf(b) && b.dtype() != DType::F32))
+      return false;
+    if (p.pad_mode == PadMode::Reflect && (p.pad_h != 0 || p.pad_w != 0)) return false;
+    Conv2dBf16Refusal& r = c.plans().get_or_create<Conv2dBf16Refusal>(
+        PlanKey("conv2d_bf16_refused"), [] { return std::make_shared<Conv2dBf16Refusal>(); });
+    if (r.refused) return false;
+    try {
+      cuda::conv2d_forward(c, p, x, w, b, y);
+      return true;
+    } catch (const Error& e) {
+      if (e.code() != ExitCode::Software) throw;  // bad arguments fail either way
+      r.refused = true;
+      r.why = e.what();
+      return false;
+    }
+  }
+}
+
+// bf16 storage (engine/bf16_widen.h): a forward op given a bf16 operand runs on f32 copies of its
+// bf16 operands and rounds its bf16 outputs once; backward ops have no bf16 form (training is
+// f32 or f64), and reject bf16 operands as the CPU and CUDA twins do.
 inline void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
                            const Tensor& b, const Tensor& y) {
+  if (any_bf16({&x, &w, &b, &y})) {
+    if (conv2d_native_bf16(c, p, x, w, b, y)) return;
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), w_ = wd.in(w), b_ = wd.in(b), y_ = wd.out(y);
+    conv2d_forward(c, p, x_, w_, b_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::conv2d_forward(c, p, x, w, b, y);
   if constexpr (kCudaBuilt) return cuda::conv2d_forward(c, p, x, w, b, y);
   no_cuda("conv2d_forward");
@@ -45,11 +114,23 @@ inline void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& gra
   no_cuda("conv2d_backward");
 }
 inline void add(Context& c, const Tensor& a, const Tensor& b, const Tensor& y) {
+  if (any_bf16({&a, &b, &y})) {
+    Widened wd(c);
+    const Tensor a_ = wd.in(a), b_ = wd.in(b), y_ = wd.out(y);
+    add(c, a_, b_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::add(c, a, b, y);
   if constexpr (kCudaBuilt) return cuda::add(c, a, b, y);
   no_cuda("add");
 }
 inline void mul(Context& c, const Tensor& a, const Tensor& b, const Tensor& y) {
+  if (any_bf16({&a, &b, &y})) {
+    Widened wd(c);
+    const Tensor a_ = wd.in(a), b_ = wd.in(b), y_ = wd.out(y);
+    mul(c, a_, b_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mul(c, a, b, y);
   if constexpr (kCudaBuilt) return cuda::mul(c, a, b, y);
   no_cuda("mul");
@@ -61,21 +142,45 @@ inline void mul_backward(Context& c, const Tensor& grad_y, const Tensor& a, cons
   no_cuda("mul_backward");
 }
 inline void axpy(Context& c, double alpha, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y, true);
+    axpy(c, alpha, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::axpy(c, alpha, x, y);
   if constexpr (kCudaBuilt) return cuda::axpy(c, alpha, x, y);
   no_cuda("axpy");
 }
 inline void scale(Context& c, double alpha, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    scale(c, alpha, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::scale(c, alpha, x, y);
   if constexpr (kCudaBuilt) return cuda::scale(c, alpha, x, y);
   no_cuda("scale");
 }
 inline void fill(Context& c, double value, const Tensor& y) {
+  if (any_bf16({&y})) {
+    Widened wd(c);
+    const Tensor y_ = wd.out(y);
+    fill(c, value, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::fill(c, value, y);
   if constexpr (kCudaBuilt) return cuda::fill(c, value, y);
   no_cuda("fill");
 }
 inline void relu_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    relu_forward(c, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::relu_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::relu_forward(c, x, y);
   no_cuda("relu_forward");
@@ -88,6 +193,12 @@ inline void relu_backward(Context& c, const Tensor& x, const Tensor& grad_y, con
 }
 inline void linear_forward(Context& c, const Tensor& x, const Tensor& w, const Tensor& b,
                            const Tensor& y) {
+  if (any_bf16({&x, &w, &b, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), w_ = wd.in(w), b_ = wd.in(b), y_ = wd.out(y);
+    linear_forward(c, x_, w_, b_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::linear_forward(c, x, w, b, y);
   if constexpr (kCudaBuilt) return cuda::linear_forward(c, x, w, b, y);
   no_cuda("linear_forward");
@@ -155,6 +266,13 @@ inline void fill_uniform_bits(Context& c, uint64_t seed, uint64_t offset, const 
 }
 inline void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y,
                               const Tensor& argmax) {
+  // Native on CUDA when x and y are both bf16 (kernels/pool2d_cuda.cu).
+  if (any_bf16({&x, &y}) && !(kCudaBuilt && on_cuda(c) && x.dtype() == y.dtype())) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    maxpool2d_forward(c, p, x_, y_, argmax);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::maxpool2d_forward(c, p, x, y, argmax);
   if constexpr (kCudaBuilt) return cuda::maxpool2d_forward(c, p, x, y, argmax);
   no_cuda("maxpool2d_forward");
@@ -166,6 +284,12 @@ inline void maxpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& 
   no_cuda("maxpool2d_backward");
 }
 inline void avgpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    avgpool2d_forward(c, p, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::avgpool2d_forward(c, p, x, y);
   if constexpr (kCudaBuilt) return cuda::avgpool2d_forward(c, p, x, y);
   no_cuda("avgpool2d_forward");
@@ -177,6 +301,12 @@ inline void avgpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& 
   no_cuda("avgpool2d_backward");
 }
 inline void sum_all_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    sum_all_forward(c, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::sum_all_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::sum_all_forward(c, x, y);
   no_cuda("sum_all_forward");
@@ -187,6 +317,12 @@ inline void sum_all_backward(Context& c, const Tensor& grad_y, const Tensor& gra
   no_cuda("sum_all_backward");
 }
 inline void mean_all_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    mean_all_forward(c, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mean_all_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::mean_all_forward(c, x, y);
   no_cuda("mean_all_forward");
@@ -197,6 +333,12 @@ inline void mean_all_backward(Context& c, const Tensor& grad_y, const Tensor& gr
   no_cuda("mean_all_backward");
 }
 inline void sum_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    sum_hw_forward(c, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::sum_hw_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::sum_hw_forward(c, x, y);
   no_cuda("sum_hw_forward");
@@ -207,6 +349,12 @@ inline void sum_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad
   no_cuda("sum_hw_backward");
 }
 inline void mean_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    mean_hw_forward(c, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mean_hw_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::mean_hw_forward(c, x, y);
   no_cuda("mean_hw_forward");
@@ -219,6 +367,12 @@ inline void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& gra
 // Recording: mean and std of |x| per sample into column `column` of [B, T] tensors.
 inline void abs_mean_std(Context& c, const Tensor& x, int64_t column, const Tensor& mean,
                          const Tensor& sd) {
+  if (any_bf16({&x, &mean, &sd})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), mean_ = wd.out(mean, true), sd_ = wd.out(sd, true);
+    abs_mean_std(c, x_, column, mean_, sd_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::abs_mean_std(c, x, column, mean, sd);
   if constexpr (kCudaBuilt) return cuda::abs_mean_std(c, x, column, mean, sd);
   no_cuda("abs_mean_std");
@@ -237,6 +391,12 @@ inline void activity_seed(Context& c, const Tensor& y, double coef, bool is_sign
   no_cuda("activity_seed");
 }
 inline void resize_nearest_forward(Context& c, const Tensor& x, const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    resize_nearest_forward(c, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::resize_nearest_forward(c, x, y);
   if constexpr (kCudaBuilt) return cuda::resize_nearest_forward(c, x, y);
   no_cuda("resize_nearest_forward");
@@ -249,6 +409,12 @@ inline void resize_nearest_backward(Context& c, const Tensor& grad_y, const Tens
 }
 inline void softplus_forward(Context& c, const Tensor& x, const Tensor& a, const Tensor& b,
                              const Tensor& y) {
+  if (any_bf16({&x, &a, &b, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), a_ = wd.in(a), b_ = wd.in(b), y_ = wd.out(y);
+    softplus_forward(c, x_, a_, b_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::softplus_forward(c, x, a, b, y);
   if constexpr (kCudaBuilt) return cuda::softplus_forward(c, x, a, b, y);
   no_cuda("softplus_forward");
@@ -263,6 +429,12 @@ inline void softplus_backward(Context& c, const Tensor& grad_y, const Tensor& x,
 }
 inline void supralinearity_forward(Context& c, const SupralinearityParams& p, const Tensor& x,
                                    const Tensor& y) {
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    supralinearity_forward(c, p, x_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::supralinearity_forward(c, p, x, y);
   if constexpr (kCudaBuilt) return cuda::supralinearity_forward(c, p, x, y);
   no_cuda("supralinearity_forward");
@@ -275,6 +447,12 @@ inline void supralinearity_backward(Context& c, const SupralinearityParams& p, c
 }
 
 inline void mul_one_plus_tanh(Context& c, const Tensor& x, const Tensor& g, const Tensor& y) {
+  if (any_bf16({&x, &g, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), g_ = wd.in(g), y_ = wd.out(y);
+    mul_one_plus_tanh(c, x_, g_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mul_one_plus_tanh(c, x, g, y);
   if constexpr (kCudaBuilt) return cuda::mul_one_plus_tanh(c, x, g, y);
   no_cuda("mul_one_plus_tanh");
@@ -289,6 +467,12 @@ inline void mul_one_plus_tanh_backward(Context& c, const Tensor& grad_y, const T
 }
 inline void layer_to_sheet_forward(Context& c, const LocalSheetMap& m, const Tensor& x,
                                    const Tensor& plane) {
+  if (any_bf16({&x, &plane})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), plane_ = wd.out(plane, true);
+    layer_to_sheet_forward(c, m, x_, plane_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::layer_to_sheet_forward(c, m, x, plane);
   if constexpr (kCudaBuilt) return cuda::layer_to_sheet_forward(c, m, x, plane);
   no_cuda("layer_to_sheet_forward");
@@ -301,6 +485,12 @@ inline void layer_to_sheet_backward(Context& c, const LocalSheetMap& m, const Te
 }
 inline void sheet_to_layer_forward(Context& c, const LocalSheetMap& m, const Tensor& plane,
                                    const Tensor& y) {
+  if (any_bf16({&plane, &y})) {
+    Widened wd(c);
+    const Tensor plane_ = wd.in(plane), y_ = wd.out(y, true);
+    sheet_to_layer_forward(c, m, plane_, y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::sheet_to_layer_forward(c, m, plane, y);
   if constexpr (kCudaBuilt) return cuda::sheet_to_layer_forward(c, m, plane, y);
   no_cuda("sheet_to_layer_forward");
@@ -313,6 +503,12 @@ inline void sheet_to_layer_backward(Context& c, const LocalSheetMap& m, const Te
 }
 inline void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const Tensor& h,
                          const Tensor& tau, const Tensor& x) {
+  if (any_bf16({&u, &h, &tau, &x})) {
+    Widened wd(c);
+    const Tensor u_ = wd.in(u), h_ = wd.in(h), tau_ = wd.in(tau), x_ = wd.out(x);
+    leak_forward(c, p, u_, h_, tau_, x_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::leak_forward(c, p, u, h, tau, x);
   if constexpr (kCudaBuilt) return cuda::leak_forward(c, p, u, h, tau, x);
   no_cuda("leak_forward");
@@ -328,6 +524,12 @@ inline void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x,
 }
 inline void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tensor& tau,
                        const Tensor& k) {
+  if (any_bf16({&u, &r, &tau, &k})) {
+    Widened wd(c);
+    const Tensor u_ = wd.in(u), r_ = wd.in(r), tau_ = wd.in(tau), k_ = wd.out(k);
+    leak_slope(c, u_, r_, tau_, k_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::leak_slope(c, u, r, tau, k);
   if constexpr (kCudaBuilt) return cuda::leak_slope(c, u, r, tau, k);
   no_cuda("leak_slope");
@@ -345,6 +547,20 @@ inline void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& 
 inline void leak_tail_forward(Context& c, const LeakTailParams& p, const LeakTailTerms& terms,
                               const Tensor& h, const Tensor& tau, const Tensor& x,
                               const Tensor& r) {
+  if (terms.size() <= LeakTailTerms::kMax &&
+      (any_bf16({&h, &tau, &x, &r}) || any_bf16_terms(terms)) &&
+      !leak_tail_native_bf16(c, terms, h, tau, x, r)) {
+    Widened wd(c);
+    Tensor wt[LeakTailTerms::kMax];
+    LeakTailTerms terms_;
+    for (int i = 0; i < terms.size(); ++i) {
+      wt[i] = wd.in(terms[i]);
+      terms_.push(wt[i]);
+    }
+    const Tensor h_ = wd.in(h), tau_ = wd.in(tau), x_ = wd.out(x), r_ = wd.out(r);
+    leak_tail_forward(c, p, terms_, h_, tau_, x_, r_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::leak_tail_forward(c, p, terms, h, tau, x, r);
   if constexpr (kCudaBuilt) return cuda::leak_tail_forward(c, p, terms, h, tau, x, r);
   no_cuda("leak_tail_forward");

@@ -17,15 +17,17 @@ namespace dynsim {
 void check_repeated_frames(const char* op, const Tensor& input, int64_t idle_steps,
                            const Tensor& flags);
 
-// The bits of one idle element: idle_value rounded to the dtype (f32: T(value) as ops::fill
-// does), zero-extended to 64 bits.
-inline uint64_t idle_frame_bits(double idle_value, bool f64) {
-  if (f64) {
+// The bits of one idle element: idle_value rounded to the dtype as ops::fill writes it (f32:
+// float(value); bf16: float(value) rounded to bf16; f64: the value), zero-extended to 64 bits.
+// Its width is dtype_size(t).
+inline uint64_t idle_frame_bits(double idle_value, DType t) {
+  if (t == DType::F64) {
     uint64_t b;
     std::memcpy(&b, &idle_value, 8);
     return b;
   }
   const float v = float(idle_value);
+  if (t == DType::BF16) return bf16_from_f32(v).bits;
   uint32_t b;
   std::memcpy(&b, &v, 4);
   return b;
@@ -36,7 +38,7 @@ void repeated_frames(Context& c, const Tensor& input, int64_t idle_steps, double
                      const Tensor& flags);
 }  // namespace cpu
 
-namespace cuda {  // kernels/frames_cuda.cu, f32 and f64; no float compares, no host sync
+namespace cuda {  // kernels/frames_cuda.cu, f32, f64 and bf16; no float compares, no host sync
 void repeated_frames(Context& c, const Tensor& input, int64_t idle_steps, double idle_value,
                      const Tensor& flags);
 }  // namespace cuda

@@ -65,7 +65,8 @@ void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor& grad_
                         const Tensor& tau, const Tensor& grad_u, const Tensor& grad_h,
                         const Tensor& grad_tau, GradMode m);
 }  // namespace cpu
-namespace cuda {  // kernels/leak_tail_cuda.cu (f32, f64)
+namespace cuda {  // kernels/leak_tail_cuda.cu (f32, f64; the forward also bf16 storage: bf16
+                  // terms, h, x and r, f32 tau, f32 math, x and r rounded once)
 void leak_tail_forward(Context& c, const LeakTailParams& p, const LeakTailTerms& terms,
                        const Tensor& h, const Tensor& tau, const Tensor& x, const Tensor& r);
 void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor& grad_r,

@@ -1,4 +1,5 @@
-// CUDA twin of the fused step tail (kernels/leak_tail.h), f32 and f64: one grid-stride kernel
+// CUDA twin of the fused step tail (kernels/leak_tail.h), f32 and f64 (and a bf16-storage
+// forward: bf16 terms, h, x, r with f32 tau and f32 math): one grid-stride kernel
 // per forward, one per backward (plus segmented_sum's small second pass over its parts when
 // grad_tau is wanted). Per-element math is kernels/leak_tail_math.h, the CPU twin's, so with the
 // library's --fmad=false the Euler and RK4 forwards give the CPU's bits. grad_tau is a
@@ -67,10 +68,51 @@ void leak_tail_backward_t(Context& c, const LeakTailParams& p, const LeakTailLay
                 [=] __device__(int64_t sgm, double v) { put_grad(gt[sgm], T(v), acc); });
 }
 
+// The bf16 terms' pointers, by value for the kernel's lambda.
+struct Bf16TermPtrs {
+  const bf16* p[kLeakTailMaxTerms];
+  int n;
+};
+
+// bf16 storage: bf16 terms, h, x and r, f32 tau; the f32 forward's math on the widened values,
+// x and r rounded once (to nearest even): the bits of the f32 op on widened copies
+// (engine/bf16_widen.h), the reference the gpu suite holds it to.
+void leak_tail_forward_bf16(Context& c, const LeakTailParams& p, const LeakTailLayout& l,
+                            const LeakTailTerms& terms, const Tensor& h, const Tensor& tau,
+                            const Tensor& x, const Tensor& r) {
+  Bf16TermPtrs u{};
+  u.n = terms.size();
+  for (int k = 0; k < terms.size(); ++k) u.p[k] = terms[k].data<bf16>();
+  const LeakTailSupra<float> s = leak_tail_supra<float>(p);
+  const bf16* ph = data_or_null<const bf16>(h);
+  const float* ptau = tau.data<float>();
+  bf16* px = data_or_null<bf16>(x);
+  bf16* pr = r.data<bf16>();
+  const LeakRule rule = p.rule;
+  const double dt = p.dt;
+  const bool per_sample = l.per_sample_tau;
+  const int64_t per = l.per;
+  launch(c, l.n, [=] __device__(int64_t i) {
+    float ui = bf16_to_f32(u.p[0][i]);
+    for (int k = 1; k < kLeakTailMaxTerms; ++k)
+      if (k < u.n) ui = ui + bf16_to_f32(u.p[k][i]);
+    const float tb = ptau[per_sample ? i / per : 0];
+    const float hv = ph ? bf16_to_f32(ph[i]) : 0.0f;
+    const float xi = leak_step<float>(rule, ui, hv, ph != nullptr, tb, dt);
+    if (px) px[i] = bf16_from_f32(xi);
+    pr[i] = bf16_from_f32(leak_tail_rate(xi, s));
+  });
+}
+
 void leak_tail_forward(Context& c, const LeakTailParams& p, const LeakTailTerms& terms,
                        const Tensor& h, const Tensor& tau, const Tensor& x, const Tensor& r) {
   const char* op = "leak_tail_forward";
-  const bool f64 = is_f64(op, leak_tail_first_term(op, terms));
+  const Tensor& u0 = leak_tail_first_term(op, terms);
+  if (u0.dtype() == DType::BF16 && u0.device() == Device::Cuda) {
+    const LeakTailLayout l = check_leak_tail_forward(op, p, terms, h, tau, x, r);
+    return leak_tail_forward_bf16(c, p, l, terms, h, tau, x, r);
+  }
+  const bool f64 = is_f64(op, u0);
   const LeakTailLayout l = check_leak_tail_forward(op, p, terms, h, tau, x, r);
   if (f64)
     leak_tail_forward_t<double>(c, p, l, terms, h, tau, x, r);

@@ -26,7 +26,7 @@ void avgpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const
 void avgpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
                         const Tensor& grad_x, GradMode m);
 }  // namespace cpu
-namespace cuda {  // kernels/pool2d_cuda.cu (f32, f64)
+namespace cuda {  // kernels/pool2d_cuda.cu (f32, f64; maxpool2d_forward also bf16 x and y)
 void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y,
                        const Tensor& argmax /* i32, shape of y */);
 void maxpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,

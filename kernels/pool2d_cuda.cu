@@ -51,6 +51,26 @@ void maxpool2d_forward_t(Context& c, const PoolGeom& g, const T* px, T* py, int3
   });
 }
 
+// bf16 storage: the window's maximum compared in f32 (widening is exact), stored rounded (the
+// bits of the f32 op on widened copies, NaN quieted as bf16_from_f32 does).
+void maxpool2d_forward_bf16(Context& c, const PoolGeom& g, const bf16* px, bf16* py, int32_t* pa) {
+  launch(c, g.planes * g.ho * g.wo, [=] __device__(int64_t o) {
+    const int64_t k = o / (g.ho * g.wo), oh = (o / g.wo) % g.ho, ow = o % g.wo;
+    const pool::Window wh = pool::window(oh, g.sh, g.ph, g.kh, g.h);
+    const pool::Window ww = pool::window(ow, g.sw, g.pw, g.kw, g.w);
+    const bf16* xp = px + k * g.h * g.w;
+    float best = -INFINITY;
+    int64_t arg = wh.begin * g.w + ww.begin;
+    for (int64_t ih = wh.begin; ih < wh.end; ++ih)
+      for (int64_t iw = ww.begin; iw < ww.end; ++iw) {
+        const float v = bf16_to_f32(xp[ih * g.w + iw]);
+        if (v > best || isnan(v)) best = v, arg = ih * g.w + iw;
+      }
+    py[o] = bf16_from_f32(best);
+    pa[o] = int32_t(arg);
+  });
+}
+
 template <class T>
 void maxpool2d_backward_t(Context& c, const PoolGeom& g, const T* gy, const int32_t* pa, T* gx,
                           bool acc) {
@@ -110,12 +130,15 @@ void avgpool2d_backward_t(Context& c, const PoolGeom& g, const T* gy, T* gx, boo
 void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const Tensor& y,
                        const Tensor& argmax) {
   const char* op = "maxpool2d_forward";
-  const bool f64 = is_f64(op, x);
+  const bool bf16_x = x.defined() && x.dtype() == DType::BF16 && x.device() == Device::Cuda;
+  const bool f64 = !bf16_x && is_f64(op, x);
   const Shape ys = p.output_shape(x.shape());
   check_arg(op, "y", y, x, ys);
   check_argmax(op, argmax, ys);
   const PoolGeom g = geom_of(p, x.shape(), ys);
-  if (f64)
+  if (bf16_x)
+    maxpool2d_forward_bf16(c, g, x.data<bf16>(), y.data<bf16>(), argmax.data<int32_t>());
+  else if (f64)
     maxpool2d_forward_t(c, g, x.data<double>(), y.data<double>(), argmax.data<int32_t>());
   else
     maxpool2d_forward_t(c, g, x.data<float>(), y.data<float>(), argmax.data<int32_t>());

@@ -122,9 +122,11 @@ ConfigSchema make_schema() {
   s.add_bool("simulation.fast_paths", true,
              "exact savings: strided skip convs, input convs once per repeated frame, the "
              "classifier once per chunk of steps (false: DynVision's literal order)");
-  s.add_enum("simulation.precision", {"fp32", "tf32"}, "fp32",
-             "CUDA math: fp32 (TF32 off) or tf32 (cuDNN and cuBLAS may use TF32 tensor ops); an "
-             "error with device cpu, ignored when auto runs on the CPU");
+  s.add_enum("simulation.precision", {"fp32", "tf32", "bf16"}, "fp32",
+             "fp32 (CUDA: TF32 off), tf32 (CUDA only: cuDNN and cuBLAS may use TF32 tensor ops; "
+             "an error with device cpu, ignored when auto runs on the CPU) or bf16 (bf16 storage "
+             "of the input, parameters and activations, every op computed in f32, tau f32; "
+             "responses recorded as f32; on the CPU too, emulated)");
   s.add_bool("simulation.cuda_graph", false,
              "CUDA only: capture the step loop as a CUDA graph on the second run of a shape and "
              "replay it (same bits; an error with device cpu, ignored when auto runs on the CPU)");

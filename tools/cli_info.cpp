@@ -25,7 +25,8 @@ int run_info(std::ostream& out, bool json) {
       out << (i ? ", " : "") << "{\"index\": " << gpus[i].index << ", \"name\": \""
           << gpus[i].name << "\", \"sm\": \"" << gpus[i].sm_major << gpus[i].sm_minor
           << "\", \"memory_bytes\": " << gpus[i].memory_bytes << "}";
-    out << "], \"precision\": {\"cpu\": [\"fp32\", \"fp64\"], \"cuda\": [\"fp32\", \"tf32\"]}}\n";
+    out << "], \"precision\": {\"cpu\": [\"fp32\", \"fp64\", \"bf16\"], \"cuda\": [\"fp32\", "
+           "\"tf32\", \"bf16\"]}}\n";
     return 0;
   }
   out << "dynsim " << DYNSIM_VERSION << "\n";
@@ -40,9 +41,10 @@ int run_info(std::ostream& out, bool json) {
           << g.memory_bytes / (1 << 20) << " MiB)";
     out << "\n";
   }
-  out << "precision:  cpu fp32 (default), fp64 (gradient checks)"
+  out << "precision:  cpu fp32 (default), fp64 (gradient checks), bf16 (simulation.precision: "
+         "bf16 storage, f32 math, emulated)"
       << (cuda_compiled() ? "; cuda fp32 (default, TF32 off), tf32 (simulation.precision, "
-                            "train.precision)"
+                            "train.precision), bf16 (simulation.precision)"
                           : "")
       << "\n";
   out << "outputs:    npy" << (DYNSIM_WITH_HDF5 ? ", hdf5" : " (hdf5 not compiled)") << "\n";

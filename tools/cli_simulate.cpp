@@ -174,10 +174,13 @@ int run_simulate(const SimulateArgs& a) {
   const std::string dev = cfg.get_string("simulation.device");
   std::string device_note = "cpu";
   // auto: the CUDA device when there is one and the scheduler runs this graph there
-  // (cuda_unsupported: every f32 and f64 graph does), else the CPU; a CUDA run that fails is redone on the CPU
+  // (cuda_unsupported: every f32, f64 and bf16 graph does), else the CPU; a CUDA run that fails is redone on the CPU
   // with a warning (the wall time then includes the failed attempt). cuda: the device or an
   // error (the Context names a missing device or a build without CUDA).
   const bool tf32 = cfg.get_string("simulation.precision") == "tf32";
+  // bf16: the run's dtype (engine/scheduler.h); the stimulus is rounded to it once, here.
+  const bool bf16 = cfg.get_string("simulation.precision") == "bf16";
+  if (bf16) input = input.to_dtype(DType::BF16);
   if (tf32 && dev == "cpu")
     cfg.fail("simulation.precision", "tf32 needs a CUDA device (simulation.device = 'cpu')");
   bool on_cuda = dev == "cuda";
@@ -234,7 +237,7 @@ int run_simulate(const SimulateArgs& a) {
     nlohmann::json summary;
     summary["model"] = cfg.get_string("model.preset");
     summary["device"] = device_note;
-    summary["precision"] = precision_name(co.precision);
+    summary["precision"] = bf16 ? "bf16" : precision_name(co.precision);
     summary["solver"] = cfg.get_string("dynamics.solver");
     summary["batch"] = input.dim(0);
     summary["steps"] = rec.steps;

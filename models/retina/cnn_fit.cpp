@@ -33,7 +33,11 @@ void with_any_type(const char* op, const Tensor& t, F&& f) {
       return f(t.data<double>());
     case DType::I32:
       return f(t.data<int32_t>());
+    case DType::BF16:
+      break;
   }
+  throw DataError(concat(op, ": bf16 responses are not supported (f32, f64 or i32), got ",
+                         t.str()));
 }
 
 }  // namespace

@@ -89,8 +89,8 @@ TEST_CASE("context: copies on the host, and CUDA requests fail clearly without a
   CHECK_THROWS_WITH_AS(c.copy(Tensor::zeros({4}), a), doctest::Contains("shapes or dtypes differ"),
                        Error);
   ContextOptions o;
-  o.precision = Precision::BF16;
-  CHECK_THROWS_WITH_AS(Context{o}, doctest::Contains("bf16 needs a CUDA device"), Error);
+  o.precision = Precision::TF32;
+  CHECK_THROWS_WITH_AS(Context{o}, doctest::Contains("tf32 needs a CUDA device"), Error);
   if (cuda_device_count() == 0) {
     ContextOptions g;
     g.device = Device::Cuda;

@@ -118,13 +118,14 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("scheduler: cuda_unsupported accepts every f32 and f64 graph, names other dtypes") {
+TEST_CASE("scheduler: cuda_unsupported accepts every f32, f64 and bf16 graph, names other dtypes") {
   for (const std::string type : {"full", "self", "local", "localdepthwise", "depthpointwise"}) {
     models::DyRCNNOptions o = dyrcnn("DyRCNNx2", 16);
     o.recurrence_type = type;
     const Graph g = models::build_dyrcnn(o);
     CHECK_MESSAGE(cuda_unsupported(g, DType::F32).empty(), type);
     CHECK_MESSAGE(cuda_unsupported(g, DType::F64).empty(), type);
+    CHECK_MESSAGE(cuda_unsupported(g, DType::BF16).empty(), type);
     CHECK(cuda_unsupported(g, DType::I32).find("i32 runs are not supported") != std::string::npos);
   }
 }

@@ -246,7 +246,7 @@ TEST_CASE("frames: bad arguments name the op and the argument") {
   fails(Tensor::zeros({2, 3}), 2, Tensor::zeros({5}, DType::I32), "input");  // rank < 3
   fails(Tensor::zeros({6}), 2, ok, "input");
   fails(x, -1, Tensor::zeros({2}, DType::I32), "idle_steps");
-  fails(Tensor::zeros({2, 3, 4}, DType::I32), 2, ok, "f32 or f64");
+  fails(Tensor::zeros({2, 3, 4}, DType::I32), 2, ok, "f32, f64 or bf16");
   fails(Tensor(), 2, ok, "input");
 }
 

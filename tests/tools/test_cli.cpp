@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -156,9 +157,9 @@ TEST_CASE("cli: bad inputs give their exit code and message and write nothing") 
       {corpus("small.toml") + " --set simulation.device=cpu --set simulation.precision=tf32",
        78,
        {"simulation.precision", "tf32 needs a CUDA device"}},
-      {corpus("small.toml") + " --set simulation.precision=bf16",
+      {corpus("small.toml") + " --set simulation.precision=fp16",
        78,
-       {"simulation.precision", "'bf16'"}},
+       {"simulation.precision", "'fp16'"}},
       {corpus("small.toml") + " -o . --overwrite", 78, {"simulation.output", "'.'"}},
       {corpus("small.toml") + " -o '' --overwrite", 78, {"simulation.output"}},
       {corpus("no_such_config.toml"), 66, {"no_such_config.toml"}},
@@ -229,6 +230,44 @@ TEST_CASE("cli: simulation.precision applies where the run is on a CUDA device")
   const nlohmann::json summary = nlohmann::json::parse(read_text(cwd.path() / "out/summary.json"));
   const bool cuda = summary["device"].get<std::string>().rfind("cuda", 0) == 0;
   CHECK(summary["precision"] == (cuda ? "tf32" : "fp32"));  // auto on the CPU: ignored
+}
+
+// bf16 storage on either device (the CPU emulates it): the summary says bf16, the responses are
+// f32 files within bf16's precision of the fp32 run's, and differ from them (rounding happened).
+TEST_CASE("cli: simulation.precision = bf16 runs in bf16 storage and writes f32 responses") {
+  TempDir cwd;
+  const Result f = run_cli(cwd.path(), "simulate -q " + corpus("small.toml") + " -o f32");
+  REQUIRE_MESSAGE(f.code == 0, f.err);
+  const Result b = run_cli(cwd.path(), "simulate -q " + corpus("small.toml") +
+                                           " --set simulation.precision=bf16 -o bf16");
+  REQUIRE_MESSAGE(b.code == 0, b.err);
+  const nlohmann::json summary = nlohmann::json::parse(read_text(cwd.path() / "bf16/summary.json"));
+  CHECK(summary["precision"] == "bf16");
+  int compared = 0;
+  bool differs = false;
+  for (const auto& e : fs::directory_iterator(cwd.path() / "f32")) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("response_avg_", 0) != 0) continue;
+    const dynsim::Tensor want = dynsim::load_npy(e.path().string());
+    const dynsim::Tensor got = dynsim::load_npy((cwd.path() / "bf16" / name).string());
+    REQUIRE(got.dtype() == dynsim::DType::F32);
+    REQUIRE(got.shape() == want.shape());
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      const double w = want.item(i), g = got.item(i);
+      if (std::isnan(w) || std::isnan(g)) {
+        CHECK(std::isnan(w) == std::isnan(g));
+        continue;
+      }
+      worst = std::max(worst, std::abs(g - w));
+      scale = std::max(scale, std::abs(w));
+    }
+    CHECK_MESSAGE(worst <= 0.05 * scale, name, ": ", worst, " of ", scale);
+    differs = differs || worst > 0;
+    ++compared;
+  }
+  CHECK(compared >= 2);
+  CHECK(differs);
 }
 
 TEST_CASE("cli: output paths with a trailing slash or missing parents") {

@@ -1,0 +1,42 @@
+// Dtype conversion y = x between f32, f64 and bf16 (same shape, same device). Widening is exact;
+// narrowing rounds to nearest, ties to even (engine/bf16.h for bf16; f64 -> bf16 in one
+// rounding). Both twins give the same bits. Also the check both share.
+#pragma once
+#include "kernels/op_common.h"
+
+namespace dynsim {
+
+// DataError naming `op` unless x and y are defined float tensors (f32, f64, bf16) of one shape
+// on one device.
+void check_cast(const char* op, const Tensor& x, const Tensor& y);
+
+// Element i of a float tensor of dtype `from` as the dtype `to` (both twins call this).
+template <class To, class From>
+DYNSIM_HD To cast_value(From v);
+
+namespace cpu {
+void cast(Context& c, const Tensor& x, const Tensor& y);
+}
+namespace cuda {  // kernels/cast_cuda.cu
+void cast(Context& c, const Tensor& x, const Tensor& y);
+// y[n, c, ...] = bf16(f32(y[n, c, ...]) + f32(b[c])) for bf16 y [N, C, ...] and b [C] (bf16 or
+// f32) on y's device: the bias of the native bf16 conv (kernels/conv2d_cudnn.cpp).
+void add_channel_bias_bf16(Context& c, const Tensor& y, const Tensor& b);
+}
+
+// The rounding rules, one per pair (the identity for equal types).
+template <class To, class From>
+DYNSIM_HD To cast_value(From v) {
+  if constexpr (std::is_same_v<To, From>) {
+    return v;
+  } else if constexpr (std::is_same_v<To, bf16>) {
+    if constexpr (std::is_same_v<From, double>) return bf16_from_f64(v);
+    else return bf16_from_f32(v);
+  } else if constexpr (std::is_same_v<From, bf16>) {
+    return To(bf16_to_f32(v));
+  } else {
+    return To(v);
+  }
+}
+
+}  // namespace dynsim

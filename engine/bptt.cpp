@@ -238,12 +238,19 @@ struct Bptt::Impl {
     forward_delay = plan.forward_delay;
   }
 
+  // The dtype of what is not stored in the run's dtype: parameters and their gradients, tau and
+  // its gradient, the loss values. f32 in bf16 runs (bf16 storage of the values on the tape and
+  // their gradients, f32 master parameters), else the run's dtype.
+  DType wide() const { return dtype == DType::BF16 ? DType::F32 : dtype; }
+
   void allocate(int B, DType t) {
+    const DType want = t == DType::BF16 ? DType::F32 : t;
     for (const auto& e : g.params.entries())
-      if (e.value.dtype() != t)
+      if (e.value.dtype() != want)
         throw DataError(concat("bptt: parameter ", e.name, " is ", dtype_name(e.value.dtype()),
                                " but the input is ", dtype_name(t),
-                               " (convert the graph's parameters to the run's dtype)"));
+                               t == DType::BF16 ? " (bf16 runs keep f32 parameters)"
+                                                : " (convert the graph's parameters to the run's dtype)"));
     if (B == batch && t == dtype) return;
     batch = B;
     dtype = t;
@@ -254,7 +261,7 @@ struct Bptt::Impl {
       input_runner = std::make_unique<OperatorRunner>(ctx, g.input_transform, g.params, B, t);
     pgrads = ParamStore();
     for (const auto& e : g.params.entries())
-      pgrads.add(e.name, ctx.zeros(e.value.shape(), t), e.trainable);
+      pgrads.add(e.name, ctx.zeros(e.value.shape(), e.value.dtype()), e.trainable);
     const size_t A = g.areas.size();
     zero_t.assign(A, {});
     for (size_t a = 0; a < A; ++a) {
@@ -281,11 +288,11 @@ struct Bptt::Impl {
     tau_trainable.assign(A, 0);
     for (size_t a = 0; a < A; ++a) {
       const Area& ar = g.areas[a];
-      tau[a] = ctx.to_device(area_tau(ctx, g, ar, batch, dtype));
+      tau[a] = ctx.to_device(area_tau(ctx, g, ar, batch, wide()));
       if (ar.tau_per_sample.empty() && !ar.tau_param.empty())
         for (const auto& p : g.params.entries())
           if (p.name == ar.tau_param) tau_trainable[a] = p.trainable;
-      if (tau_trainable[a]) gtau[a] = ctx.zeros(Shape{1}, dtype);
+      if (tau_trainable[a]) gtau[a] = ctx.zeros(Shape{1}, wide());
     }
   }
 
@@ -979,10 +986,6 @@ struct Bptt::Impl {
                  const LossSpec& loss, const BpttOptions& opt, ParamStore* grads) {
     if (in.rank() != 5)
       throw DataError(concat("bptt: input must be [B, T, C, H, W], got ", in.str()));
-    if (in.dtype() == DType::BF16)
-      throw NotImplemented(
-          "bptt: bf16 inputs are not supported: training runs in f32 or f64 (bf16 is a storage "
-          "precision for simulation runs; convert the input to f32)");
     const int B = int(in.dim(0));
     T = int(in.dim(1));
     if (in.dim(2) != g.input_channels || in.dim(3) != g.input_height || in.dim(4) != g.input_width)
@@ -996,9 +999,11 @@ struct Bptt::Impl {
     if (regress && (!targets.defined() || targets.shape() != Shape{B, T, K}))
       throw DataError(concat("bptt: mse/poisson losses need targets [", B, ", ", T, ", ", K,
                              "], got ", targets.defined() ? targets.str() : "none"));
-    if (regress && !targets.is_cpu() && targets.dtype() != in.dtype())
-      throw DataError(concat("bptt: device targets must be ", dtype_name(in.dtype()), " like the "
-                             "input, got ", targets.str()));
+    const DType target_t = in.dtype() == DType::BF16 ? DType::F32 : in.dtype();
+    if (regress && !targets.is_cpu() && targets.dtype() != target_t)
+      throw DataError(concat("bptt: device targets must be ", dtype_name(target_t),
+                             in.dtype() == DType::BF16 ? " in a bf16 run" : " like the input",
+                             ", got ", targets.str()));
     if (loss.ce_weight != 0 && K > 0 && !labels.defined())
       throw DataError("bptt: the cross-entropy loss needs labels");
     if (opt.memory == MemoryPolicy::Checkpoint && opt.checkpoint_every < 1)
@@ -1070,7 +1075,7 @@ struct Bptt::Impl {
     const Tensor grad_logits = lc.zeros(Shape{B, T, K}, dtype);
     const Tensor flat = logits.view(Shape{int64_t(B) * T, K});
     const Tensor gflat = grad_logits.view(flat.shape());
-    auto scalar = [&](double v) { return lc.to_device(Tensor::from(Shape{1}, {v}, dtype)); };
+    auto scalar = [&](double v) { return lc.to_device(Tensor::from(Shape{1}, {v}, wide())); };
     auto on_device = [&](const Tensor& t) {  // a host argument copied to a CUDA context
       return t.device() == lc.device() ? t : lc.to_device(t);
     };
@@ -1079,22 +1084,22 @@ struct Bptt::Impl {
       CrossEntropyParams cp;
       cp.ignore_index = loss.ignore_index;
       const Tensor lab = on_device(labels).view(Shape{int64_t(B) * T});
-      l_ce = lc.zeros(Shape{1}, dtype);
+      l_ce = lc.zeros(Shape{1}, wide());
       ops::cross_entropy_forward(lc, cp, flat, lab, l_ce);
       ops::cross_entropy_backward(lc, cp, scalar(loss.ce_weight * loss.scale), flat, lab, gflat,
                                   GradMode::Accumulate);
     }
     Tensor tg;  // the regression targets in the logits' dtype, on the loss context's device
     if (K > 0 && (loss.mse_weight != 0 || loss.poisson_weight != 0))
-      tg = on_device(targets.is_cpu() ? targets.to_dtype(dtype) : targets).view(flat.shape());
+      tg = on_device(targets.is_cpu() ? targets.to_dtype(wide()) : targets).view(flat.shape());
     if (K > 0 && loss.mse_weight != 0) {
-      l_mse = lc.zeros(Shape{1}, dtype);
+      l_mse = lc.zeros(Shape{1}, wide());
       ops::mse_forward(lc, flat, tg, l_mse);
       ops::mse_backward(lc, scalar(loss.mse_weight * loss.scale), flat, tg, gflat, {},
                         GradMode::Accumulate);
     }
     if (K > 0 && loss.poisson_weight != 0) {
-      l_poisson = lc.zeros(Shape{1}, dtype);
+      l_poisson = lc.zeros(Shape{1}, wide());
       PoissonNllParams pp;
       pp.log_input = loss.poisson_log_input;
       ops::poisson_nll_forward(lc, pp, flat, tg, l_poisson);
@@ -1105,6 +1110,7 @@ struct Bptt::Impl {
     if (l_mse.defined()) out.mse = lc.host_view(l_mse).item(0);
     if (l_poisson.defined()) out.poisson = lc.host_view(l_poisson).item(0);
     out.logits = lc.host_view(logits);
+    if (out.logits.dtype() == DType::BF16) out.logits = out.logits.to_dtype(DType::F32);
     const Tensor& logits_host = out.logits;
     int64_t max_calls = 0;
     for (int64_t c : module_calls) max_calls = std::max(max_calls, c);

@@ -77,7 +77,10 @@ class Bptt {
  public:
   Bptt(Context& ctx, Graph& graph, const SolverSpec& solver = {});
   ~Bptt();
-  // input [B, T, C, H, W] in the dtype of the graph's parameters; labels i32 [B, T] (entries
+  // input [B, T, C, H, W] in the dtype of the graph's parameters, or bf16 with f32 parameters
+  // (bf16 storage: the tape's values and their gradients bf16, every op computed in f32
+  // (kernels/dispatch.h), parameters, their gradients, tau and the losses f32; LossValues'
+  // logits f32, the bf16 values widened); labels i32 [B, T] (entries
   // equal to ignore_index are masked) or undefined; targets [B, T, K] or undefined (needed when
   // mse_weight or poisson_weight is set). Runs the forward and the loss; with grads != nullptr
   // also the reverse sweep, adding d(scale * loss)/d(param) to grads[name] for every trainable

@@ -311,7 +311,9 @@ void OperatorRunner::backward(Context& ctx, const Tensor& x_in, const Tensor& gr
         }
       };
       if (!m.g_tmp.defined()) m.g_tmp = like(gout);
-      if (!m.g_sum.defined()) m.g_sum = ctx.empty(Shape{1}, m.dtype);
+      // The sums in f32 in bf16 runs (they go into f32 parameter gradients).
+      if (!m.g_sum.defined())
+        m.g_sum = ctx.empty(Shape{1}, m.dtype == DType::BF16 ? DType::F32 : m.dtype);
       ops::mul(ctx, gout, xe, m.g_tmp);
       ops::sum_all_forward(ctx, m.g_tmp, m.g_sum);
       put_scalar(pg(0), &m.g_sum);

@@ -89,9 +89,10 @@ inline bool conv2d_native_bf16(Context& c, const Conv2dParams& p, const Tensor& 
   }
 }
 
-// bf16 storage (engine/bf16_widen.h): a forward op given a bf16 operand runs on f32 copies of its
-// bf16 operands and rounds its bf16 outputs once; backward ops have no bf16 form (training is
-// f32 or f64), and reject bf16 operands as the CPU and CUDA twins do.
+// bf16 storage (engine/bf16_widen.h): an op given a bf16 operand (forward or backward) runs on f32
+// copies of its bf16 operands and rounds its bf16 outputs once (an accumulating gradient is
+// widened first, so grad += g is rounded once too); f32 operands (parameters and their
+// gradients in bf16 training, tau) are used as they are. Native CUDA forms where noted.
 inline void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
                            const Tensor& b, const Tensor& y) {
   if (any_bf16({&x, &w, &b, &y})) {
@@ -108,6 +109,12 @@ inline void conv2d_forward(Context& c, const Conv2dParams& p, const Tensor& x, c
 inline void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& grad_y,
                             const Tensor& x, const Tensor& w, const Tensor& grad_x,
                             const Tensor& grad_w, const Tensor& grad_b, GradMode m) {
+  if (any_bf16({&grad_y, &x, &w, &grad_x, &grad_w, &grad_b})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), w_ = wd.in(w), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_w_ = wd.out(grad_w, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    conv2d_backward(c, p, grad_y_, x_, w_, grad_x_, grad_w_, grad_b_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::conv2d_backward(c, p, grad_y, x, w, grad_x, grad_w, grad_b, m);
   if constexpr (kCudaBuilt)
     return cuda::conv2d_backward(c, p, grad_y, x, w, grad_x, grad_w, grad_b, m);
@@ -137,6 +144,12 @@ inline void mul(Context& c, const Tensor& a, const Tensor& b, const Tensor& y) {
 }
 inline void mul_backward(Context& c, const Tensor& grad_y, const Tensor& a, const Tensor& b,
                          const Tensor& grad_a, const Tensor& grad_b, GradMode m) {
+  if (any_bf16({&grad_y, &a, &b, &grad_a, &grad_b})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), a_ = wd.in(a), b_ = wd.in(b), grad_a_ = wd.out(grad_a, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    mul_backward(c, grad_y_, a_, b_, grad_a_, grad_b_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mul_backward(c, grad_y, a, b, grad_a, grad_b, m);
   if constexpr (kCudaBuilt) return cuda::mul_backward(c, grad_y, a, b, grad_a, grad_b, m);
   no_cuda("mul_backward");
@@ -187,6 +200,12 @@ inline void relu_forward(Context& c, const Tensor& x, const Tensor& y) {
 }
 inline void relu_backward(Context& c, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x,
                           GradMode m) {
+  if (any_bf16({&x, &grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    relu_backward(c, x_, grad_y_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::relu_backward(c, x, grad_y, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::relu_backward(c, x, grad_y, grad_x, m);
   no_cuda("relu_backward");
@@ -206,6 +225,12 @@ inline void linear_forward(Context& c, const Tensor& x, const Tensor& w, const T
 inline void linear_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& w,
                             const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
                             GradMode m) {
+  if (any_bf16({&grad_y, &x, &w, &grad_x, &grad_w, &grad_b})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), w_ = wd.in(w), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_w_ = wd.out(grad_w, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    linear_backward(c, grad_y_, x_, w_, grad_x_, grad_w_, grad_b_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::linear_backward(c, grad_y, x, w, grad_x, grad_w, grad_b, m);
   if constexpr (kCudaBuilt)
     return cuda::linear_backward(c, grad_y, x, w, grad_x, grad_w, grad_b, m);
@@ -213,6 +238,12 @@ inline void linear_backward(Context& c, const Tensor& grad_y, const Tensor& x, c
 }
 inline void cross_entropy_forward(Context& c, const CrossEntropyParams& p, const Tensor& logits,
                                   const Tensor& labels, const Tensor& loss) {
+  if (any_bf16({&logits, &loss})) {
+    Widened wd(c);
+    const Tensor logits_ = wd.in(logits), loss_ = wd.out(loss);
+    cross_entropy_forward(c, p, logits_, labels, loss_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::cross_entropy_forward(c, p, logits, labels, loss);
   if constexpr (kCudaBuilt) return cuda::cross_entropy_forward(c, p, logits, labels, loss);
   no_cuda("cross_entropy_forward");
@@ -220,6 +251,12 @@ inline void cross_entropy_forward(Context& c, const CrossEntropyParams& p, const
 inline void cross_entropy_backward(Context& c, const CrossEntropyParams& p, const Tensor& grad_loss,
                                    const Tensor& logits, const Tensor& labels,
                                    const Tensor& grad_logits, GradMode m) {
+  if (any_bf16({&grad_loss, &logits, &grad_logits})) {
+    Widened wd(c);
+    const Tensor grad_loss_ = wd.in(grad_loss), logits_ = wd.in(logits), grad_logits_ = wd.out(grad_logits, m == GradMode::Accumulate);
+    cross_entropy_backward(c, p, grad_loss_, logits_, labels, grad_logits_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c))
     return cpu::cross_entropy_backward(c, p, grad_loss, logits, labels, grad_logits, m);
   if constexpr (kCudaBuilt)
@@ -228,6 +265,12 @@ inline void cross_entropy_backward(Context& c, const CrossEntropyParams& p, cons
 }
 inline void poisson_nll_forward(Context& c, const PoissonNllParams& p, const Tensor& pred,
                                 const Tensor& target, const Tensor& loss) {
+  if (any_bf16({&pred, &target, &loss})) {
+    Widened wd(c);
+    const Tensor pred_ = wd.in(pred), target_ = wd.in(target), loss_ = wd.out(loss);
+    poisson_nll_forward(c, p, pred_, target_, loss_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::poisson_nll_forward(c, p, pred, target, loss);
   if constexpr (kCudaBuilt) return cuda::poisson_nll_forward(c, p, pred, target, loss);
   no_cuda("poisson_nll_forward");
@@ -235,12 +278,24 @@ inline void poisson_nll_forward(Context& c, const PoissonNllParams& p, const Ten
 inline void poisson_nll_backward(Context& c, const PoissonNllParams& p, const Tensor& grad_loss,
                                  const Tensor& pred, const Tensor& target, const Tensor& grad_pred,
                                  GradMode m) {
+  if (any_bf16({&grad_loss, &pred, &target, &grad_pred})) {
+    Widened wd(c);
+    const Tensor grad_loss_ = wd.in(grad_loss), pred_ = wd.in(pred), target_ = wd.in(target), grad_pred_ = wd.out(grad_pred, m == GradMode::Accumulate);
+    poisson_nll_backward(c, p, grad_loss_, pred_, target_, grad_pred_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::poisson_nll_backward(c, p, grad_loss, pred, target, grad_pred, m);
   if constexpr (kCudaBuilt)
     return cuda::poisson_nll_backward(c, p, grad_loss, pred, target, grad_pred, m);
   no_cuda("poisson_nll_backward");
 }
 inline void mse_forward(Context& c, const Tensor& pred, const Tensor& target, const Tensor& loss) {
+  if (any_bf16({&pred, &target, &loss})) {
+    Widened wd(c);
+    const Tensor pred_ = wd.in(pred), target_ = wd.in(target), loss_ = wd.out(loss);
+    mse_forward(c, pred_, target_, loss_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mse_forward(c, pred, target, loss);
   if constexpr (kCudaBuilt) return cuda::mse_forward(c, pred, target, loss);
   no_cuda("mse_forward");
@@ -248,6 +303,12 @@ inline void mse_forward(Context& c, const Tensor& pred, const Tensor& target, co
 inline void mse_backward(Context& c, const Tensor& grad_loss, const Tensor& pred,
                          const Tensor& target, const Tensor& grad_pred, const Tensor& grad_target,
                          GradMode m) {
+  if (any_bf16({&grad_loss, &pred, &target, &grad_pred, &grad_target})) {
+    Widened wd(c);
+    const Tensor grad_loss_ = wd.in(grad_loss), pred_ = wd.in(pred), target_ = wd.in(target), grad_pred_ = wd.out(grad_pred, m == GradMode::Accumulate), grad_target_ = wd.out(grad_target, m == GradMode::Accumulate);
+    mse_backward(c, grad_loss_, pred_, target_, grad_pred_, grad_target_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mse_backward(c, grad_loss, pred, target, grad_pred, grad_target, m);
   if constexpr (kCudaBuilt)
     return cuda::mse_backward(c, grad_loss, pred, target, grad_pred, grad_target, m);
@@ -279,6 +340,12 @@ inline void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x
 }
 inline void maxpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
                                const Tensor& argmax, const Tensor& grad_x, GradMode m) {
+  if (any_bf16({&grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    maxpool2d_backward(c, p, grad_y_, argmax, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::maxpool2d_backward(c, p, grad_y, argmax, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::maxpool2d_backward(c, p, grad_y, argmax, grad_x, m);
   no_cuda("maxpool2d_backward");
@@ -296,6 +363,12 @@ inline void avgpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x
 }
 inline void avgpool2d_backward(Context& c, const Pool2dParams& p, const Tensor& grad_y,
                                const Tensor& grad_x, GradMode m) {
+  if (any_bf16({&grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    avgpool2d_backward(c, p, grad_y_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::avgpool2d_backward(c, p, grad_y, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::avgpool2d_backward(c, p, grad_y, grad_x, m);
   no_cuda("avgpool2d_backward");
@@ -312,6 +385,12 @@ inline void sum_all_forward(Context& c, const Tensor& x, const Tensor& y) {
   no_cuda("sum_all_forward");
 }
 inline void sum_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (any_bf16({&grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    sum_all_backward(c, grad_y_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::sum_all_backward(c, grad_y, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::sum_all_backward(c, grad_y, grad_x, m);
   no_cuda("sum_all_backward");
@@ -328,6 +407,12 @@ inline void mean_all_forward(Context& c, const Tensor& x, const Tensor& y) {
   no_cuda("mean_all_forward");
 }
 inline void mean_all_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (any_bf16({&grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    mean_all_backward(c, grad_y_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mean_all_backward(c, grad_y, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::mean_all_backward(c, grad_y, grad_x, m);
   no_cuda("mean_all_backward");
@@ -344,6 +429,12 @@ inline void sum_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
   no_cuda("sum_hw_forward");
 }
 inline void sum_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (any_bf16({&grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    sum_hw_backward(c, grad_y_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::sum_hw_backward(c, grad_y, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::sum_hw_backward(c, grad_y, grad_x, m);
   no_cuda("sum_hw_backward");
@@ -360,6 +451,12 @@ inline void mean_hw_forward(Context& c, const Tensor& x, const Tensor& y) {
   no_cuda("mean_hw_forward");
 }
 inline void mean_hw_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x, GradMode m) {
+  if (any_bf16({&grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    mean_hw_backward(c, grad_y_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mean_hw_backward(c, grad_y, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::mean_hw_backward(c, grad_y, grad_x, m);
   no_cuda("mean_hw_backward");
@@ -380,12 +477,24 @@ inline void abs_mean_std(Context& c, const Tensor& x, int64_t column, const Tens
 // DynVision's activity loss (kernels/activity.h): acc[b] += |s_b| / n (acc f64 [B]), and its
 // gradient coef * d(|s_b| / n)/dy added to grad_y.
 inline void activity_accumulate(Context& c, const Tensor& y, bool is_signed, const Tensor& acc) {
+  if (any_bf16({&y})) {
+    Widened wd(c);
+    const Tensor y_ = wd.in(y);
+    activity_accumulate(c, y_, is_signed, acc);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::activity_accumulate(c, y, is_signed, acc);
   if constexpr (kCudaBuilt) return cuda::activity_accumulate(c, y, is_signed, acc);
   no_cuda("activity_accumulate");
 }
 inline void activity_seed(Context& c, const Tensor& y, double coef, bool is_signed,
                           const Tensor& grad_y) {
+  if (any_bf16({&y, &grad_y})) {
+    Widened wd(c);
+    const Tensor y_ = wd.in(y), grad_y_ = wd.out(grad_y, true);
+    activity_seed(c, y_, coef, is_signed, grad_y_);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::activity_seed(c, y, coef, is_signed, grad_y);
   if constexpr (kCudaBuilt) return cuda::activity_seed(c, y, coef, is_signed, grad_y);
   no_cuda("activity_seed");
@@ -403,6 +512,12 @@ inline void resize_nearest_forward(Context& c, const Tensor& x, const Tensor& y)
 }
 inline void resize_nearest_backward(Context& c, const Tensor& grad_y, const Tensor& grad_x,
                                     GradMode m) {
+  if (any_bf16({&grad_y, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    resize_nearest_backward(c, grad_y_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::resize_nearest_backward(c, grad_y, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::resize_nearest_backward(c, grad_y, grad_x, m);
   no_cuda("resize_nearest_backward");
@@ -422,6 +537,12 @@ inline void softplus_forward(Context& c, const Tensor& x, const Tensor& a, const
 inline void softplus_backward(Context& c, const Tensor& grad_y, const Tensor& x, const Tensor& a,
                               const Tensor& b, const Tensor& grad_x, const Tensor& grad_a,
                               const Tensor& grad_b, GradMode m) {
+  if (any_bf16({&grad_y, &x, &a, &b, &grad_x, &grad_a, &grad_b})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), a_ = wd.in(a), b_ = wd.in(b), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_a_ = wd.out(grad_a, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    softplus_backward(c, grad_y_, x_, a_, b_, grad_x_, grad_a_, grad_b_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::softplus_backward(c, grad_y, x, a, b, grad_x, grad_a, grad_b, m);
   if constexpr (kCudaBuilt)
     return cuda::softplus_backward(c, grad_y, x, a, b, grad_x, grad_a, grad_b, m);
@@ -441,6 +562,12 @@ inline void supralinearity_forward(Context& c, const SupralinearityParams& p, co
 }
 inline void supralinearity_backward(Context& c, const SupralinearityParams& p, const Tensor& grad_y,
                                     const Tensor& x, const Tensor& grad_x, GradMode m) {
+  if (any_bf16({&grad_y, &x, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    supralinearity_backward(c, p, grad_y_, x_, grad_x_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::supralinearity_backward(c, p, grad_y, x, grad_x, m);
   if constexpr (kCudaBuilt) return cuda::supralinearity_backward(c, p, grad_y, x, grad_x, m);
   no_cuda("supralinearity_backward");
@@ -460,6 +587,12 @@ inline void mul_one_plus_tanh(Context& c, const Tensor& x, const Tensor& g, cons
 inline void mul_one_plus_tanh_backward(Context& c, const Tensor& grad_y, const Tensor& x,
                                        const Tensor& g, const Tensor& grad_x, const Tensor& grad_g,
                                        GradMode m) {
+  if (any_bf16({&grad_y, &x, &g, &grad_x, &grad_g})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), g_ = wd.in(g), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_g_ = wd.out(grad_g, m == GradMode::Accumulate);
+    mul_one_plus_tanh_backward(c, grad_y_, x_, g_, grad_x_, grad_g_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::mul_one_plus_tanh_backward(c, grad_y, x, g, grad_x, grad_g, m);
   if constexpr (kCudaBuilt)
     return cuda::mul_one_plus_tanh_backward(c, grad_y, x, g, grad_x, grad_g, m);
@@ -479,6 +612,12 @@ inline void layer_to_sheet_forward(Context& c, const LocalSheetMap& m, const Ten
 }
 inline void layer_to_sheet_backward(Context& c, const LocalSheetMap& m, const Tensor& grad_plane,
                                     const Tensor& grad_x, GradMode mode) {
+  if (any_bf16({&grad_plane, &grad_x})) {
+    Widened wd(c);
+    const Tensor grad_plane_ = wd.in(grad_plane), grad_x_ = wd.out(grad_x, true);
+    layer_to_sheet_backward(c, m, grad_plane_, grad_x_, mode);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::layer_to_sheet_backward(c, m, grad_plane, grad_x, mode);
   if constexpr (kCudaBuilt) return cuda::layer_to_sheet_backward(c, m, grad_plane, grad_x, mode);
   no_cuda("layer_to_sheet_backward");
@@ -497,6 +636,12 @@ inline void sheet_to_layer_forward(Context& c, const LocalSheetMap& m, const Ten
 }
 inline void sheet_to_layer_backward(Context& c, const LocalSheetMap& m, const Tensor& grad_y,
                                     const Tensor& grad_plane, GradMode mode) {
+  if (any_bf16({&grad_y, &grad_plane})) {
+    Widened wd(c);
+    const Tensor grad_y_ = wd.in(grad_y), grad_plane_ = wd.out(grad_plane, true);
+    sheet_to_layer_backward(c, m, grad_y_, grad_plane_, mode);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::sheet_to_layer_backward(c, m, grad_y, grad_plane, mode);
   if constexpr (kCudaBuilt) return cuda::sheet_to_layer_backward(c, m, grad_y, grad_plane, mode);
   no_cuda("sheet_to_layer_backward");
@@ -517,6 +662,12 @@ inline void leak_forward(Context& c, const LeakParams& p, const Tensor& u, const
 inline void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x, const Tensor& u,
                           const Tensor& h, const Tensor& tau, const Tensor& grad_u,
                           const Tensor& grad_h, const Tensor& grad_tau, GradMode m) {
+  if (any_bf16({&grad_x, &u, &h, &tau, &grad_u, &grad_h, &grad_tau})) {
+    Widened wd(c);
+    const Tensor grad_x_ = wd.in(grad_x), u_ = wd.in(u), h_ = wd.in(h), tau_ = wd.in(tau), grad_u_ = wd.out(grad_u, m == GradMode::Accumulate), grad_h_ = wd.out(grad_h, m == GradMode::Accumulate), grad_tau_ = wd.out(grad_tau, m == GradMode::Accumulate);
+    leak_backward(c, p, grad_x_, u_, h_, tau_, grad_u_, grad_h_, grad_tau_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c)) return cpu::leak_backward(c, p, grad_x, u, h, tau, grad_u, grad_h, grad_tau, m);
   if constexpr (kCudaBuilt)
     return cuda::leak_backward(c, p, grad_x, u, h, tau, grad_u, grad_h, grad_tau, m);
@@ -537,6 +688,12 @@ inline void leak_slope(Context& c, const Tensor& u, const Tensor& r, const Tenso
 inline void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& u, const Tensor& r,
                                 const Tensor& tau, const Tensor& grad_u, const Tensor& grad_r,
                                 const Tensor& grad_tau, GradMode m) {
+  if (any_bf16({&grad_k, &u, &r, &tau, &grad_u, &grad_r, &grad_tau})) {
+    Widened wd(c);
+    const Tensor grad_k_ = wd.in(grad_k), u_ = wd.in(u), r_ = wd.in(r), tau_ = wd.in(tau), grad_u_ = wd.out(grad_u, m == GradMode::Accumulate), grad_r_ = wd.out(grad_r, m == GradMode::Accumulate), grad_tau_ = wd.out(grad_tau, m == GradMode::Accumulate);
+    leak_slope_backward(c, grad_k_, u_, r_, tau_, grad_u_, grad_r_, grad_tau_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c))
     return cpu::leak_slope_backward(c, grad_k, u, r, tau, grad_u, grad_r, grad_tau, m);
   if constexpr (kCudaBuilt)
@@ -569,6 +726,23 @@ inline void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor
                                const Tensor& grad_x, const LeakTailTerms& terms, const Tensor& h,
                                const Tensor& tau, const Tensor& grad_u, const Tensor& grad_h,
                                const Tensor& grad_tau, GradMode m) {
+  if (terms.size() <= LeakTailTerms::kMax &&
+      (any_bf16({&grad_r, &grad_x, &h, &tau, &grad_u, &grad_h, &grad_tau}) ||
+       any_bf16_terms(terms))) {
+    Widened wd(c);
+    Tensor wt[LeakTailTerms::kMax];
+    LeakTailTerms terms_;
+    for (int i = 0; i < terms.size(); ++i) {
+      wt[i] = wd.in(terms[i]);
+      terms_.push(wt[i]);
+    }
+    const bool acc = m == GradMode::Accumulate;
+    const Tensor grad_r_ = wd.in(grad_r), grad_x_ = wd.in(grad_x), h_ = wd.in(h), tau_ = wd.in(tau),
+                 grad_u_ = wd.out(grad_u, acc), grad_h_ = wd.out(grad_h, acc),
+                 grad_tau_ = wd.out(grad_tau, acc);
+    leak_tail_backward(c, p, grad_r_, grad_x_, terms_, h_, tau_, grad_u_, grad_h_, grad_tau_, m);
+    return wd.finish();
+  }
   if (!on_cuda(c))
     return cpu::leak_tail_backward(c, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h, grad_tau,
                                    m);
@@ -593,6 +767,12 @@ inline void gaussian_noise_forward(Context& c, const NoiseParams& p, const Tenso
   if (!p.training || p.sigma == 0.0) {
     if (x.raw() != y.raw()) scale(c, 1.0, x, y);
     return;
+  }
+  if (any_bf16({&x, &y})) {
+    Widened wd(c);
+    const Tensor x_ = wd.in(x), y_ = wd.out(y);
+    gaussian_noise_forward(c, p, x_, y_);
+    return wd.finish();
   }
   const uint64_t offset = c.rng().advance(uint64_t(x.numel()));
   if (!on_cuda(c)) return cpu::add_normal(c, c.rng().seed(), offset, p.sigma, x, y);

@@ -77,9 +77,11 @@ ConfigSchema make_train_schema() {
   s.add_int("train.threads", 0, "CPU threads (0 = all cores)").at_least(0);
   s.add_enum("train.device", {"auto", "cpu", "cuda"}, "auto",
              "where to run (auto: the CUDA device when there is one, else the CPU)");
-  s.add_enum("train.precision", {"fp32", "tf32"}, "fp32",
-             "CUDA math: fp32 (TF32 off) or tf32 (cuDNN and cuBLAS may use TF32 tensor ops); an "
-             "error with device cpu, ignored when auto trains on the CPU");
+  s.add_enum("train.precision", {"fp32", "tf32", "bf16"}, "fp32",
+             "fp32 (CUDA: TF32 off), tf32 (CUDA only: cuDNN and cuBLAS may use TF32 tensor ops; "
+             "an error with device cpu, ignored when auto trains on the CPU) or bf16 (bf16 "
+             "storage of the sequences, activations and their gradients, every op computed in "
+             "f32, parameters, gradients, tau and losses f32; on the CPU too, emulated)");
   s.add_bool("train.deterministic", true,
              "CUDA: deterministic cuDNN algorithms only (a resumed run then ends bit for bit like "
              "an uninterrupted one); no effect on the CPU, which always is");
@@ -356,6 +358,7 @@ Context make_context(const Config& cfg, const Graph& g, std::string* where) {
   } else {
     *where = dev == "auto" ? concat("cpu (auto: ", why, ")") : "cpu";
   }
+  if (cfg.get_string("train.precision") == "bf16") *where += ", bf16 storage";
   return Context(co);
 }
 
@@ -369,6 +372,13 @@ void to_context(Context& ctx, Graph& g) {
 void to_host(Context& ctx, Graph& g) {
   for (auto& e : g.params.entries())
     if (!e.value.is_cpu()) e.value = ctx.to_host(e.value);
+}
+
+// A batch's sequence as Bptt takes it: bf16 with train.precision = bf16 (rounded once, on the
+// host), on the context's device (one copy, not one per step).
+Tensor run_input(const Setup& s, Context& ctx, Tensor in) {
+  if (s.cfg.get_string("train.precision") == "bf16") in = in.to_dtype(DType::BF16);
+  return ctx.device() != Device::Cpu ? ctx.to_device(in) : in;
 }
 
 // Forward-only pass over a dataset: accuracy per real step and the mean loss.
@@ -385,8 +395,7 @@ StepAccuracy run_eval(Context& ctx, Setup& s, const data::Dataset& ds, int64_t b
   while (auto b = bt.next()) {
     // Evaluation shows the pattern unshuffled (batch index 0 for every batch).
     auto [in, lab] = make_sequence(s, b->x, b->y, 0);
-    if (ctx.device() != Device::Cpu) in = ctx.to_device(in);  // one copy, not one per step
-    const LossValues lv = bp.run(in, lab, {}, s.loss, s.bopt, nullptr);
+    const LossValues lv = bp.run(run_input(s, ctx, in), lab, {}, s.loss, s.bopt, nullptr);
     for (int t = 0; t < s.T; ++t) {
       acc.valid[size_t(t)] += lv.valid_per_step[size_t(t)];
       acc.correct[size_t(t)] += lv.correct_per_step[size_t(t)];
@@ -663,8 +672,7 @@ int train(const Config& cfg, const TrainRun& run, std::ostream& log) {
       if (batch->index >= used_batches) break;
       const uint64_t global = uint64_t(epoch) * uint64_t(n_batches) + uint64_t(batch->index);
       auto [in, lab] = make_sequence(s, batch->x, batch->y, global);
-      if (ctx.device() != Device::Cpu) in = ctx.to_device(in);
-      const LossValues lv = bp.run(in, lab, {}, s.loss, s.bopt, &grads);
+      const LossValues lv = bp.run(run_input(s, ctx, in), lab, {}, s.loss, s.bopt, &grads);
       if (!std::isfinite(lv.total))
         throw DataError(concat("training diverged: loss ", lv.total, " at epoch ", epoch,
                                ", step ", step, " (lower optimizer.lr or enable clipping)"));

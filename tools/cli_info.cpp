@@ -41,10 +41,10 @@ int run_info(std::ostream& out, bool json) {
           << g.memory_bytes / (1 << 20) << " MiB)";
     out << "\n";
   }
-  out << "precision:  cpu fp32 (default), fp64 (gradient checks), bf16 (simulation.precision: "
-         "bf16 storage, f32 math, emulated)"
-      << (cuda_compiled() ? "; cuda fp32 (default, TF32 off), tf32 (simulation.precision, "
-                            "train.precision), bf16 (simulation.precision)"
+  out << "precision:  cpu fp32 (default), fp64 (gradient checks), bf16 (simulation.precision, "
+         "train.precision: bf16 storage, f32 math, emulated)"
+      << (cuda_compiled() ? "; cuda fp32 (default, TF32 off), tf32, bf16 (simulation.precision, "
+                            "train.precision)"
                           : "")
       << "\n";
   out << "outputs:    npy" << (DYNSIM_WITH_HDF5 ? ", hdf5" : " (hdf5 not compiled)") << "\n";

@@ -1,10 +1,11 @@
 // The bf16 storage precision: the rounding rules (engine/bf16.h) against an independent exact
-// reference, ops::cast on the CPU, the f32 fallback of the forward ops (engine/bf16_widen.h:
-// aliasing, accumulating outputs, mixed f32/bf16 operands, no allocation after warm-up), repeated
-// bf16 frames, bf16 Scheduler runs against f32 runs of the same graph (every recorded value a
-// bf16 value, within bf16's precision of the f32 trajectory, tau kept f32), the writers, Bptt's
-// refusal. The gpu suite (Skipped without a device): cast CPU vs CUDA bit for bit over every
-// bf16 pattern, and bf16 DyRCNNx4 trajectories on CUDA against the CPU's bf16 and f32 runs.
+// reference, ops::cast on the CPU, the f32 fallback of the ops (engine/bf16_widen.h: aliasing,
+// accumulating outputs, mixed f32/bf16 operands, no allocation after warm-up), repeated bf16
+// frames, bf16 Scheduler runs against f32 runs of the same graph (every recorded value a bf16
+// value, within bf16's precision of the f32 trajectory, tau kept f32), bf16 Bptt gradients
+// against f32 ones, the writers. The gpu suite (Skipped without a device): cast CPU vs CUDA bit
+// for bit over every bf16 pattern, the native conv / leak tail / max pool against the CPU
+// reference, bf16 DyRCNNx4 trajectories and Bptt gradients on CUDA.
 #include <cfenv>
 #include <cmath>
 #include <cstring>
@@ -199,10 +200,26 @@ TEST_CASE("bf16: forward ops on bf16 operands are their f32 twins rounded once")
     require_equal(mean, mf, "abs_mean_std mean");
     require_equal(sd, sf, "abs_mean_std std");
   }
-  // Backward ops have no bf16 form: the twins' dtype check names the op.
-  CHECK_THROWS_WITH_AS(ops::relu_backward(c, a, b, Tensor::empty(a.shape(), DType::BF16),
-                                          GradMode::Overwrite),
-                       doctest::Contains("f32 or f64"), DataError);
+  {  // a backward op accumulating into a bf16 gradient: the old value read, the sum rounded once
+    Tensor g = bf16_tensor(random_uniform(a.shape(), -1, 1, 16, DType::F32));
+    Tensor gf = g.to_dtype(DType::F32);
+    ops::relu_backward(c, a, b, g, GradMode::Accumulate);
+    ops::relu_backward(c, aw, bw, gf, GradMode::Accumulate);
+    check_rounded(g, gf, "relu_backward accumulate");
+  }
+  {  // conv backward with bf16 activations, f32 weights and f32 weight gradient (bf16 training)
+    Conv2dParams p;
+    p.pad_h = p.pad_w = 1;
+    const Tensor w = random_uniform({4, 3, 3, 3}, -0.5, 0.5, 17, DType::F32);
+    const Tensor gy = bf16_tensor(random_uniform({2, 4, 5, 5}, -1, 1, 18, DType::F32));
+    Tensor gx = Tensor::zeros(a.shape(), DType::BF16), gxf = Tensor::zeros(a.shape());
+    Tensor gw = random_uniform(w.shape(), -1, 1, 19, DType::F32), gwf = gw.to_dtype(DType::F32);
+    ops::conv2d_backward(c, p, gy, a, w, gx, gw, Tensor(), GradMode::Accumulate);
+    ops::conv2d_backward(c, p, gy.to_dtype(DType::F32), aw, w, gxf, gwf, Tensor(),
+                         GradMode::Accumulate);
+    require_equal(gw, gwf, "conv2d_backward grad_w (f32, not rounded)");
+    check_rounded(gx, gxf, "conv2d_backward grad_x");
+  }
 }
 
 TEST_CASE("bf16: Widened keeps one buffer per view, filled when read, rounded back once") {
@@ -306,7 +323,67 @@ TEST_CASE("bf16: DyRCNNx4 runs in bf16 storage within bf16's precision of the f3
     }
 }
 
-TEST_CASE("bf16: writers store bf16 (safetensors natively, npy as f32); training refuses it") {
+// bf16 training (Bptt): the tape's values and their gradients bf16, parameters, their gradients,
+// tau and the losses f32. Against the f32 run of the same graph, input and labels: the losses
+// within 2%, every parameter gradient (tau's included) pointing the same way (cosine >= 0.99)
+// with a norm within 10%; store-all and checkpointing give the same bf16 bits.
+TEST_CASE("bf16: Bptt gradients in bf16 storage follow the f32 gradients") {
+  for (const std::string solver : {"euler", "rk4-classic"}) {
+    CAPTURE(solver);
+    models::DyRCNNOptions o = dyrcnn("DyRCNNx4", 24);
+    o.feedback = "add";
+    o.delays.t_feedback = 2;
+    o.train_tau = true;
+    o.n_classes = 5;
+    Graph g = models::build_dyrcnn(o);
+    const int B = 3, T = 6;
+    const Tensor x = random_uniform({B, T, 3, 24, 24}, 0, 1, 31, DType::F32);
+    Tensor y = Tensor::zeros({B, T}, DType::I32);
+    for (int64_t i = 0; i < y.numel(); ++i) y.set(i, double(i % 5));
+    Context ctx;
+    Bptt bp(ctx, g, SolverSpec(solver));
+    BpttOptions opt;
+    opt.run.idle_steps = 2;
+    LossSpec loss;
+    loss.activity_weight = 0.01;
+    ParamStore g32 = Bptt::zero_grads(ctx, g.params), g16 = Bptt::zero_grads(ctx, g.params);
+    const LossValues l32 = bp.run(x, y, {}, loss, opt, &g32);
+    const Tensor xb = x.to_dtype(DType::BF16);
+    const LossValues l16 = bp.run(xb, y, {}, loss, opt, &g16);
+    CHECK(l16.logits.dtype() == DType::F32);
+    CHECK(all_bf16_values(l16.logits));
+    CHECK(std::abs(l16.total - l32.total) <= 0.02 * std::abs(l32.total));
+    CHECK(l16.total != l32.total);
+    for (const auto& e : g32.entries()) {
+      const Tensor& a = e.value;
+      const Tensor& b = g16.get(e.name);
+      REQUIRE(b.dtype() == DType::F32);
+      double dot = 0, na = 0, nb = 0;
+      for (int64_t i = 0; i < a.numel(); ++i) {
+        dot += a.item(i) * b.item(i);
+        na += a.item(i) * a.item(i);
+        nb += b.item(i) * b.item(i);
+      }
+      if (na == 0) {
+        CHECK_MESSAGE(nb == 0, e.name);
+        continue;
+      }
+      const double cosine = dot / std::sqrt(na * nb), ratio = std::sqrt(nb / na);
+      CHECK_MESSAGE(cosine >= 0.99, e.name, ": cosine ", cosine);
+      CHECK_MESSAGE(std::abs(ratio - 1) <= 0.1, e.name, ": norm ratio ", ratio);
+    }
+    // The checkpoint policy recomputes the same bf16 values: the same gradients, bit for bit.
+    BpttOptions ck = opt;
+    ck.memory = MemoryPolicy::Checkpoint;
+    ck.checkpoint_every = 3;
+    ParamStore gck = Bptt::zero_grads(ctx, g.params);
+    bp.run(xb, y, {}, loss, ck, &gck);
+    for (const auto& e : g16.entries())
+      CHECK_MESSAGE(same_bits(gck.get(e.name), e.value), e.name);
+  }
+}
+
+TEST_CASE("bf16: writers store bf16 (safetensors natively, npy as f32); Bptt checks parameters") {
   TempDir dir;
   Tensor t = Tensor::from({2, 2}, {1.0, -2.5, 0.3, 1e-3}, DType::BF16);
   save_safetensors((dir.path() / "t.safetensors").string(), {{"t", t}});
@@ -320,11 +397,13 @@ TEST_CASE("bf16: writers store bf16 (safetensors natively, npy as f32); training
   for (int64_t i = 0; i < 4; ++i) CHECK(n.item(i) == t.item(i));
 
   Graph g = models::build_dyrcnn(dyrcnn("DyRCNNx2", 16));
+  for (auto& e : g.params.entries()) e.value = e.value.to_dtype(DType::BF16);
   Context ctx;
   Bptt bptt(ctx, g);
   const Tensor x = Tensor::zeros({1, 3, 3, 16, 16}, DType::BF16);
-  CHECK_THROWS_WITH_AS(bptt.run(x, Tensor(), Tensor(), LossSpec(), BpttOptions(), nullptr),
-                       doctest::Contains("bf16 inputs are not supported"), NotImplemented);
+  Tensor y = Tensor::zeros({1, 3}, DType::I32);
+  CHECK_THROWS_WITH_AS(bptt.run(x, y, Tensor(), LossSpec(), BpttOptions(), nullptr),
+                       doctest::Contains("bf16 runs keep f32 parameters"), DataError);
 }
 
 // ---- CPU vs CUDA (gpu suite) ------------------------------------------------------------------
@@ -450,5 +529,45 @@ TEST_CASE("bf16 CPU vs CUDA: native conv, leak tail and max pool against the f32
     ops::maxpool2d_forward(gpu, p, on_gpu(xn), y, arg_g);
     CHECK(same_bits(gpu.to_host(y), want));
     CHECK(same_bits(gpu.to_host(arg_g), arg_c));
+  }
+}
+
+// bf16 training on CUDA: the parameter gradients of a bf16 Bptt run on the device follow the
+// CPU's f32 gradients as the CPU's bf16 run does (cosine >= 0.99, norm within 10%).
+TEST_CASE("bf16 CPU vs CUDA: Bptt gradients in bf16 storage" * doctest::test_suite("gpu")) {
+  if (no_device()) return;
+  models::DyRCNNOptions o = dyrcnn("DyRCNNx4", 32);
+  o.feedback = "add";
+  o.delays.t_feedback = 2;
+  o.n_classes = 5;
+  Graph g = models::build_dyrcnn(o);
+  const int B = 4, T = 6;
+  const Tensor x = random_uniform({B, T, 3, 32, 32}, 0, 1, 41, DType::F32);
+  Tensor y = Tensor::zeros({B, T}, DType::I32);
+  for (int64_t i = 0; i < y.numel(); ++i) y.set(i, double(i % 5));
+  Context cpu;
+  Bptt bc(cpu, g);
+  BpttOptions opt;
+  opt.run.idle_steps = 2;
+  ParamStore want = Bptt::zero_grads(cpu, g.params);
+  const LossValues lw = bc.run(x, y, {}, LossSpec{}, opt, &want);
+  Context gpu = cuda_context(true);
+  Graph gd = models::build_dyrcnn(o);
+  for (auto& e : gd.params.entries()) e.value = gpu.to_device(e.value);
+  Bptt bg(gpu, gd);
+  ParamStore got = Bptt::zero_grads(gpu, gd.params);
+  const LossValues lg = bg.run(gpu.to_device(x.to_dtype(DType::BF16)), y, {}, LossSpec{}, opt, &got);
+  CHECK(std::abs(lg.total - lw.total) <= 0.02 * std::abs(lw.total));
+  for (const auto& e : want.entries()) {
+    const Tensor a = e.value, b = gpu.to_host(got.get(e.name));
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      dot += a.item(i) * b.item(i);
+      na += a.item(i) * a.item(i);
+      nb += b.item(i) * b.item(i);
+    }
+    if (na == 0) continue;
+    CHECK_MESSAGE(dot / std::sqrt(na * nb) >= 0.99, e.name);
+    CHECK_MESSAGE(std::abs(std::sqrt(nb / na) - 1) <= 0.1, e.name);
   }
 }

@@ -537,6 +537,33 @@ TEST_CASE("eval: per-step accuracy CSV agrees with the training's own evaluation
   CHECK_FALSE(fs::exists(cwd.path() / "both.csv"));
 }
 
+// train.precision = bf16 (bf16 storage, f32 parameters and math; emulated on the CPU): the
+// task's run learns like the fp32 reference (best test accuracy >= 0.5, chance 0.25) with a final
+// test loss within 5% of the reference's, says where it ran, and its model folder evaluates.
+TEST_CASE("train: train.precision = bf16 learns the task like fp32 and evaluates") {
+  TempDir cwd;
+  const Result r = run_cli(cwd.path(), "train " + kTask + " --set train.precision=bf16 -o b");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const std::vector<json> events = read_events(cwd.path() / "b");
+  REQUIRE(!events.empty());
+  const std::string device = events.front()["device"].get<std::string>();
+  CHECK_MESSAGE(device.find("bf16 storage") != std::string::npos, device);
+  double best = 0;
+  json last;
+  for (const json& e : events)
+    if (e["event"] == "eval") best = std::max(best, e["accuracy"].get<double>()), last = e;
+  CHECK(best >= 0.5);
+  json ref_last;
+  for (const json& e : read_events(reference()))
+    if (e["event"] == "eval") ref_last = e;
+  REQUIRE(last.contains("loss"));
+  const double l = last["loss"].get<double>(), lr = ref_last["loss"].get<double>();
+  CHECK_MESSAGE(std::abs(l - lr) <= 0.05 * std::abs(lr), "bf16 ", l, " vs fp32 ", lr);
+  const Result e = run_cli(cwd.path(), "eval -q b/config.toml");
+  REQUIRE_MESSAGE(e.code == 0, e.err);
+  CHECK(fs::exists(cwd.path() / "b/eval_test.csv"));
+}
+
 TEST_CASE("train: every config in models/configs/train validates and trains a step") {
   const fs::path dir = fs::path(DYNSIM_SOURCE_DIR) / "models" / "configs" / "train";
   int n = 0;

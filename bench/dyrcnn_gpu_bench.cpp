@@ -3,11 +3,12 @@
 // and cuBLAS may use TF32 tensor ops; bf16 = bf16 storage of the input, parameters and
 // activations with f32 math, TF32 off: the run's dtype, engine/scheduler.h), then a training step
 // per precision (Bptt: forward + CE loss + reverse sweep, no optimiser update; store-all up to
-// 128x128, checkpoint every 5 steps above; bf16: the tape in bf16, f32 parameters and gradients). Per row: median ms per run and per step, steps/s and
-// image-steps/s over R runs after one warm-up (host clock around a run; Scheduler::run returns
-// after its final copy to the host, so the GPU work is included), and the peak device memory the
-// engine allocated (device_memory(): tensors and scratch, without the CUDA context or library
-// internals) next to cudaMemGetInfo's used bytes. One JSON line per row with --json FILE.
+// 128x128, checkpoint every 5 steps above; bf16: the tape in bf16, f32 parameters and gradients).
+// Per row: median ms per run and per step, steps/s and image-steps/s over R runs after one
+// warm-up (host clock around a run; Scheduler::run returns after its final copy to the host, so
+// the GPU work is included), and the peak device memory the engine allocated (device_memory():
+// tensors and scratch, without the CUDA context or library internals) next to cudaMemGetInfo's
+// used bytes. One JSON line per row with --json FILE.
 // fp32 also gets a "forward+graph" row: the same run with RunOptions::cuda_graph (the step loop
 // captured once and replayed; two untimed runs first: the warm-up and the capture), whose note
 // says whether its recording has the bits of the plain forward's.
@@ -126,7 +127,8 @@ Row forward_row(const Options& o, int size, Precision p, bool graph = false, boo
            " MiB input";
   if (bf16) {
     const ops::Conv2dBf16Refusal& refusal = ctx.plans().get_or_create<ops::Conv2dBf16Refusal>(
-        PlanKey("conv2d_bf16_refused"), [] { return std::make_shared<ops::Conv2dBf16Refusal>(); });
+        PlanKey("conv2d_bf16_refused"),
+        [] { return std::make_shared<ops::Conv2dBf16Refusal>(); });
     r.note += refusal.refused ? "; cuDNN refused bf16 convs, run on f32 copies: " + refusal.why
                               : "; native cuDNN bf16 convs";
   }

@@ -249,8 +249,9 @@ struct Bptt::Impl {
       if (e.value.dtype() != want)
         throw DataError(concat("bptt: parameter ", e.name, " is ", dtype_name(e.value.dtype()),
                                " but the input is ", dtype_name(t),
-                               t == DType::BF16 ? " (bf16 runs keep f32 parameters)"
-                                                : " (convert the graph's parameters to the run's dtype)"));
+                               t == DType::BF16
+                                   ? " (bf16 runs keep f32 parameters)"
+                                   : " (convert the graph's parameters to the run's dtype)"));
     if (B == batch && t == dtype) return;
     batch = B;
     dtype = t;

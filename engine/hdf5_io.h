@@ -1,8 +1,9 @@
 // HDF5 files for simulation outputs (optional at build time: libhdf5-dev; hdf5_available()).
-// write_hdf5 stores f32/f64/i32 host tensors (bf16 as f32, widened exactly) as datasets at slash-separated paths
-// ("response_avg/V1"; groups are created as needed), arrays of 64 KiB or more chunked and
-// gzip-compressed, plus UTF-8 string attributes on the root group. It writes a temporary file
-// beside the target and renames it into place, so a failed write never leaves a partial file.
+// write_hdf5 stores f32/f64/i32 host tensors (bf16 as f32, widened exactly) as datasets at
+// slash-separated paths ("response_avg/V1"; groups are created as needed), arrays of 64 KiB or
+// more chunked and gzip-compressed, plus UTF-8 string attributes on the root group. It writes a
+// temporary file beside the target and renames it into place, so a failed write never leaves a
+// partial file.
 // read_hdf5 returns every dataset by path (for tests and tools).
 #pragma once
 #include <map>

@@ -120,7 +120,9 @@ ConvPlan& plan_for(Context& c, const Conv2dParams& p, DType dtype, const Shape& 
   return c.plans().get_or_create<ConvPlan>(key, [&] {
     auto pl = std::make_shared<ConvPlan>();
     const char* op = "conv2d (cuDNN)";
-    const cudnnDataType_t dt = f64 ? CUDNN_DATA_DOUBLE : bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    const cudnnDataType_t dt = f64    ? CUDNN_DATA_DOUBLE
+                               : bf16 ? CUDNN_DATA_BFLOAT16
+                                      : CUDNN_DATA_FLOAT;
     const cudnnDataType_t compute = bf16 ? CUDNN_DATA_FLOAT : dt;
     pl->key = concat(dtype_name(dtype), " x", xs.str(), " w", ws.str(), " s", p.stride_h, ",",
                      p.stride_w, " p", p.pad_h, ",", p.pad_w, " g", p.groups,

@@ -64,8 +64,8 @@ struct Conv2dBf16Refusal {
   bool refused = false;
   std::string why;
 };
-inline bool conv2d_native_bf16(Context& c, const Conv2dParams& p, const Tensor& x,
-                               const Tensor& w, const Tensor& b, const Tensor& y) {
+inline bool conv2d_native_bf16(Context& c, const Conv2dParams& p, const Tensor& x, const Tensor& w,
+                               const Tensor& b, const Tensor& y) {
   if constexpr (!kCudaBuilt) {
     return false;
   } else {
@@ -111,7 +111,10 @@ inline void conv2d_backward(Context& c, const Conv2dParams& p, const Tensor& gra
                             const Tensor& grad_w, const Tensor& grad_b, GradMode m) {
   if (any_bf16({&grad_y, &x, &w, &grad_x, &grad_w, &grad_b})) {
     Widened wd(c);
-    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), w_ = wd.in(w), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_w_ = wd.out(grad_w, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), w_ = wd.in(w),
+                 grad_x_ = wd.out(grad_x, m == GradMode::Accumulate),
+                 grad_w_ = wd.out(grad_w, m == GradMode::Accumulate),
+                 grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
     conv2d_backward(c, p, grad_y_, x_, w_, grad_x_, grad_w_, grad_b_, m);
     return wd.finish();
   }
@@ -146,7 +149,9 @@ inline void mul_backward(Context& c, const Tensor& grad_y, const Tensor& a, cons
                          const Tensor& grad_a, const Tensor& grad_b, GradMode m) {
   if (any_bf16({&grad_y, &a, &b, &grad_a, &grad_b})) {
     Widened wd(c);
-    const Tensor grad_y_ = wd.in(grad_y), a_ = wd.in(a), b_ = wd.in(b), grad_a_ = wd.out(grad_a, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    const Tensor grad_y_ = wd.in(grad_y), a_ = wd.in(a), b_ = wd.in(b),
+                 grad_a_ = wd.out(grad_a, m == GradMode::Accumulate),
+                 grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
     mul_backward(c, grad_y_, a_, b_, grad_a_, grad_b_, m);
     return wd.finish();
   }
@@ -202,7 +207,8 @@ inline void relu_backward(Context& c, const Tensor& x, const Tensor& grad_y, con
                           GradMode m) {
   if (any_bf16({&x, &grad_y, &grad_x})) {
     Widened wd(c);
-    const Tensor x_ = wd.in(x), grad_y_ = wd.in(grad_y), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    const Tensor x_ = wd.in(x), grad_y_ = wd.in(grad_y),
+                 grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
     relu_backward(c, x_, grad_y_, grad_x_, m);
     return wd.finish();
   }
@@ -227,7 +233,10 @@ inline void linear_backward(Context& c, const Tensor& grad_y, const Tensor& x, c
                             GradMode m) {
   if (any_bf16({&grad_y, &x, &w, &grad_x, &grad_w, &grad_b})) {
     Widened wd(c);
-    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), w_ = wd.in(w), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_w_ = wd.out(grad_w, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), w_ = wd.in(w),
+                 grad_x_ = wd.out(grad_x, m == GradMode::Accumulate),
+                 grad_w_ = wd.out(grad_w, m == GradMode::Accumulate),
+                 grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
     linear_backward(c, grad_y_, x_, w_, grad_x_, grad_w_, grad_b_, m);
     return wd.finish();
   }
@@ -253,7 +262,8 @@ inline void cross_entropy_backward(Context& c, const CrossEntropyParams& p, cons
                                    const Tensor& grad_logits, GradMode m) {
   if (any_bf16({&grad_loss, &logits, &grad_logits})) {
     Widened wd(c);
-    const Tensor grad_loss_ = wd.in(grad_loss), logits_ = wd.in(logits), grad_logits_ = wd.out(grad_logits, m == GradMode::Accumulate);
+    const Tensor grad_loss_ = wd.in(grad_loss), logits_ = wd.in(logits),
+                 grad_logits_ = wd.out(grad_logits, m == GradMode::Accumulate);
     cross_entropy_backward(c, p, grad_loss_, logits_, labels, grad_logits_, m);
     return wd.finish();
   }
@@ -280,7 +290,8 @@ inline void poisson_nll_backward(Context& c, const PoissonNllParams& p, const Te
                                  GradMode m) {
   if (any_bf16({&grad_loss, &pred, &target, &grad_pred})) {
     Widened wd(c);
-    const Tensor grad_loss_ = wd.in(grad_loss), pred_ = wd.in(pred), target_ = wd.in(target), grad_pred_ = wd.out(grad_pred, m == GradMode::Accumulate);
+    const Tensor grad_loss_ = wd.in(grad_loss), pred_ = wd.in(pred), target_ = wd.in(target),
+                 grad_pred_ = wd.out(grad_pred, m == GradMode::Accumulate);
     poisson_nll_backward(c, p, grad_loss_, pred_, target_, grad_pred_, m);
     return wd.finish();
   }
@@ -305,7 +316,9 @@ inline void mse_backward(Context& c, const Tensor& grad_loss, const Tensor& pred
                          GradMode m) {
   if (any_bf16({&grad_loss, &pred, &target, &grad_pred, &grad_target})) {
     Widened wd(c);
-    const Tensor grad_loss_ = wd.in(grad_loss), pred_ = wd.in(pred), target_ = wd.in(target), grad_pred_ = wd.out(grad_pred, m == GradMode::Accumulate), grad_target_ = wd.out(grad_target, m == GradMode::Accumulate);
+    const Tensor grad_loss_ = wd.in(grad_loss), pred_ = wd.in(pred), target_ = wd.in(target),
+                 grad_pred_ = wd.out(grad_pred, m == GradMode::Accumulate),
+                 grad_target_ = wd.out(grad_target, m == GradMode::Accumulate);
     mse_backward(c, grad_loss_, pred_, target_, grad_pred_, grad_target_, m);
     return wd.finish();
   }
@@ -539,7 +552,10 @@ inline void softplus_backward(Context& c, const Tensor& grad_y, const Tensor& x,
                               const Tensor& grad_b, GradMode m) {
   if (any_bf16({&grad_y, &x, &a, &b, &grad_x, &grad_a, &grad_b})) {
     Widened wd(c);
-    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), a_ = wd.in(a), b_ = wd.in(b), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_a_ = wd.out(grad_a, m == GradMode::Accumulate), grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), a_ = wd.in(a), b_ = wd.in(b),
+                 grad_x_ = wd.out(grad_x, m == GradMode::Accumulate),
+                 grad_a_ = wd.out(grad_a, m == GradMode::Accumulate),
+                 grad_b_ = wd.out(grad_b, m == GradMode::Accumulate);
     softplus_backward(c, grad_y_, x_, a_, b_, grad_x_, grad_a_, grad_b_, m);
     return wd.finish();
   }
@@ -564,7 +580,8 @@ inline void supralinearity_backward(Context& c, const SupralinearityParams& p, c
                                     const Tensor& x, const Tensor& grad_x, GradMode m) {
   if (any_bf16({&grad_y, &x, &grad_x})) {
     Widened wd(c);
-    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x),
+                 grad_x_ = wd.out(grad_x, m == GradMode::Accumulate);
     supralinearity_backward(c, p, grad_y_, x_, grad_x_, m);
     return wd.finish();
   }
@@ -589,7 +606,9 @@ inline void mul_one_plus_tanh_backward(Context& c, const Tensor& grad_y, const T
                                        GradMode m) {
   if (any_bf16({&grad_y, &x, &g, &grad_x, &grad_g})) {
     Widened wd(c);
-    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), g_ = wd.in(g), grad_x_ = wd.out(grad_x, m == GradMode::Accumulate), grad_g_ = wd.out(grad_g, m == GradMode::Accumulate);
+    const Tensor grad_y_ = wd.in(grad_y), x_ = wd.in(x), g_ = wd.in(g),
+                 grad_x_ = wd.out(grad_x, m == GradMode::Accumulate),
+                 grad_g_ = wd.out(grad_g, m == GradMode::Accumulate);
     mul_one_plus_tanh_backward(c, grad_y_, x_, g_, grad_x_, grad_g_, m);
     return wd.finish();
   }
@@ -664,7 +683,10 @@ inline void leak_backward(Context& c, const LeakParams& p, const Tensor& grad_x,
                           const Tensor& grad_h, const Tensor& grad_tau, GradMode m) {
   if (any_bf16({&grad_x, &u, &h, &tau, &grad_u, &grad_h, &grad_tau})) {
     Widened wd(c);
-    const Tensor grad_x_ = wd.in(grad_x), u_ = wd.in(u), h_ = wd.in(h), tau_ = wd.in(tau), grad_u_ = wd.out(grad_u, m == GradMode::Accumulate), grad_h_ = wd.out(grad_h, m == GradMode::Accumulate), grad_tau_ = wd.out(grad_tau, m == GradMode::Accumulate);
+    const Tensor grad_x_ = wd.in(grad_x), u_ = wd.in(u), h_ = wd.in(h), tau_ = wd.in(tau),
+                 grad_u_ = wd.out(grad_u, m == GradMode::Accumulate),
+                 grad_h_ = wd.out(grad_h, m == GradMode::Accumulate),
+                 grad_tau_ = wd.out(grad_tau, m == GradMode::Accumulate);
     leak_backward(c, p, grad_x_, u_, h_, tau_, grad_u_, grad_h_, grad_tau_, m);
     return wd.finish();
   }
@@ -690,7 +712,10 @@ inline void leak_slope_backward(Context& c, const Tensor& grad_k, const Tensor& 
                                 const Tensor& grad_tau, GradMode m) {
   if (any_bf16({&grad_k, &u, &r, &tau, &grad_u, &grad_r, &grad_tau})) {
     Widened wd(c);
-    const Tensor grad_k_ = wd.in(grad_k), u_ = wd.in(u), r_ = wd.in(r), tau_ = wd.in(tau), grad_u_ = wd.out(grad_u, m == GradMode::Accumulate), grad_r_ = wd.out(grad_r, m == GradMode::Accumulate), grad_tau_ = wd.out(grad_tau, m == GradMode::Accumulate);
+    const Tensor grad_k_ = wd.in(grad_k), u_ = wd.in(u), r_ = wd.in(r), tau_ = wd.in(tau),
+                 grad_u_ = wd.out(grad_u, m == GradMode::Accumulate),
+                 grad_r_ = wd.out(grad_r, m == GradMode::Accumulate),
+                 grad_tau_ = wd.out(grad_tau, m == GradMode::Accumulate);
     leak_slope_backward(c, grad_k_, u_, r_, tau_, grad_u_, grad_r_, grad_tau_, m);
     return wd.finish();
   }
@@ -747,15 +772,15 @@ inline void leak_tail_backward(Context& c, const LeakTailParams& p, const Tensor
     return cpu::leak_tail_backward(c, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h, grad_tau,
                                    m);
   if constexpr (kCudaBuilt)
-    return cuda::leak_tail_backward(c, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h,
-                                    grad_tau, m);
+    return cuda::leak_tail_backward(c, p, grad_r, grad_x, terms, h, tau, grad_u, grad_h, grad_tau,
+                                    m);
   no_cuda("leak_tail_backward");
 }
 
 // Repeated input frames (kernels/frames.h): flags i32 [idle_steps + T], 1 where every sample's
 // frame equals the previous step's bit for bit (the idle frame: idle_value in the input's dtype).
-inline void repeated_frames(Context& c, const Tensor& input, int64_t idle_steps,
-                            double idle_value, const Tensor& flags) {
+inline void repeated_frames(Context& c, const Tensor& input, int64_t idle_steps, double idle_value,
+                            const Tensor& flags) {
   if (!on_cuda(c)) return cpu::repeated_frames(c, input, idle_steps, idle_value, flags);
   if constexpr (kCudaBuilt) return cuda::repeated_frames(c, input, idle_steps, idle_value, flags);
   no_cuda("repeated_frames");

@@ -1,6 +1,6 @@
 // CUDA twin of the repeated-frame flags (kernels/frames.h), f32, f64 and bf16: the frames are read
-// as unsigned words of their width (uint32 / uint64 / uint16), so the comparison is memcmp's (no float
-// compares: -0 != +0, equal NaN bits are equal). One launch sets flags[s] = (s > 0), a second
+// as unsigned words of their width (uint32 / uint64 / uint16), so the comparison is memcmp's (no
+// float compares: -0 != +0, equal NaN bits are equal). One launch sets flags[s] = (s > 0), a second
 // runs one thread per element of the sequence and stores 0 into its step's flag on a mismatch
 // with the previous step (the idle word for a sample's first frame after idle steps). Only 0 is
 // ever stored concurrently, so the result is independent of the order: deterministic.

@@ -134,7 +134,8 @@ struct Latency {
 Latency latency(const std::vector<double>& tr, int from) {
   Latency l;
   const int T = int(tr.size());
-  const double base = from >= 1 && tr[size_t(from - 1)] == tr[size_t(from - 1)] ? tr[size_t(from - 1)] : 0.0;
+  const double base =
+      from >= 1 && tr[size_t(from - 1)] == tr[size_t(from - 1)] ? tr[size_t(from - 1)] : 0.0;
   for (int t = std::max(from, 0); t < T; ++t)
     if (tr[size_t(t)] == tr[size_t(t)] && (l.peak < 0 || tr[size_t(t)] > l.peak_value))
       l.peak = t, l.peak_value = tr[size_t(t)];
@@ -174,9 +175,9 @@ int run_simulate(const SimulateArgs& a) {
   const std::string dev = cfg.get_string("simulation.device");
   std::string device_note = "cpu";
   // auto: the CUDA device when there is one and the scheduler runs this graph there
-  // (cuda_unsupported: every f32, f64 and bf16 graph does), else the CPU; a CUDA run that fails is redone on the CPU
-  // with a warning (the wall time then includes the failed attempt). cuda: the device or an
-  // error (the Context names a missing device or a build without CUDA).
+  // (cuda_unsupported: every f32, f64 and bf16 graph does), else the CPU; a CUDA run that fails
+  // is redone on the CPU with a warning (the wall time then includes the failed attempt). cuda: the
+  // device or an error (the Context names a missing device or a build without CUDA).
   const bool tf32 = cfg.get_string("simulation.precision") == "tf32";
   // bf16: the run's dtype (engine/scheduler.h); the stimulus is rounded to it once, here.
   const bool bf16 = cfg.get_string("simulation.precision") == "bf16";

@@ -487,7 +487,8 @@ TEST_CASE("bf16 CPU vs CUDA: native conv, leak tail and max pool against the f32
       ops::conv2d_forward(gpu, p, on_gpu(x), on_gpu(w), on_gpu(b), y);
       const Tensor got = gpu.to_host(y);
       const ops::Conv2dBf16Refusal& r = gpu.plans().get_or_create<ops::Conv2dBf16Refusal>(
-          PlanKey("conv2d_bf16_refused"), [] { return std::make_shared<ops::Conv2dBf16Refusal>(); });
+          PlanKey("conv2d_bf16_refused"),
+          [] { return std::make_shared<ops::Conv2dBf16Refusal>(); });
       CHECK_MESSAGE(!r.refused, "cuDNN refused the bf16 conv: ", r.why);
       int64_t far = 0;
       for (int64_t i = 0; i < want.numel(); ++i) {
@@ -556,7 +557,8 @@ TEST_CASE("bf16 CPU vs CUDA: Bptt gradients in bf16 storage" * doctest::test_sui
   for (auto& e : gd.params.entries()) e.value = gpu.to_device(e.value);
   Bptt bg(gpu, gd);
   ParamStore got = Bptt::zero_grads(gpu, gd.params);
-  const LossValues lg = bg.run(gpu.to_device(x.to_dtype(DType::BF16)), y, {}, LossSpec{}, opt, &got);
+  const Tensor xd = gpu.to_device(x.to_dtype(DType::BF16));
+  const LossValues lg = bg.run(xd, y, {}, LossSpec{}, opt, &got);
   CHECK(std::abs(lg.total - lw.total) <= 0.02 * std::abs(lw.total));
   for (const auto& e : want.entries()) {
     const Tensor a = e.value, b = gpu.to_host(got.get(e.name));

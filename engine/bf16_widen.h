@@ -5,8 +5,8 @@
 // against. Buffers are kept per operand slot and size (kernels/dispatch.h calls this for every
 // op with a bf16 operand that has no native kernel): no allocation after a shape's first call.
 #pragma once
+#include <array>
 #include <initializer_list>
-#include <vector>
 
 #include "engine/context.h"
 
@@ -37,8 +37,12 @@ class Widened {
     bool written = false;
     bool filled = false;  // holds t's values (an input, or an output read by the op)
   };
+  // Every operand of one op (leak_tail_backward has the most: 8 terms and 7 more); a fixed array,
+  // so an op in a step loop allocates nothing on the heap.
+  static constexpr int kMaxSlots = 16;
   Context& c_;
-  std::vector<Slot> slots_;
+  std::array<Slot, kMaxSlots> slots_;
+  int n_ = 0;
   Tensor buffer_for(const Tensor& t, bool copy_in, bool written);
 };
 

@@ -4,16 +4,20 @@
 // and whether the gradients equal store-all's bitwise. Each policy runs in a fresh child process
 // so that neither the allocator's free lists nor the peak-RSS counter carry over between policies.
 // Usage: bptt_bench [--preset P] [--size HW] [--batch B] [--steps T] [--threads N] [--repeats R]
-//                   [--policies store-all,ckpt-1,...] [--all]
+//                   [--policies store-all,ckpt-1,...[-unfused][-bf16]] [--all]
 // A policy name with the suffix "-unfused" (store-all-unfused, ckpt-2-unfused) runs with
 // BpttOptions::fused_tail off (the separate drive-sum, leak, ReLU and supralinearity nodes): the
-// fused step tail's speed-up, and its gradients checked bitwise against store-all's.
+// fused step tail's speed-up, and its gradients checked bitwise against store-all's. The suffix
+// "-bf16" (store-all-bf16, ckpt-5-bf16) trains in bf16 storage (a bf16 input: the tape's values
+// and gradients bf16, f32 parameters and gradients): its pool and peak against fp32 store-all's,
+// and its gradients compared by cosine and norm ratio over all parameters (>= 0.99 to pass).
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -41,6 +45,7 @@ struct Policy {
   MemoryPolicy memory = MemoryPolicy::StoreAll;
   int every = 0;
   bool fused_tail = true;
+  bool bf16 = false;
 };
 
 // What a child sends back through its pipe, followed by grad_bytes bytes: every trainable
@@ -92,6 +97,7 @@ Measured measure(const Config& c, const Policy& p, int threads, int repeats,
   const DType dt = g.params.entries().at(0).value.dtype();
   Tensor input = values({c.batch, c.steps, o.in_channels, c.size, c.size}, 1);
   if (dt != DType::F32) input = input.to_dtype(dt);
+  if (p.bf16) input = input.to_dtype(DType::BF16);
   Tensor labels = Tensor::empty({c.batch, c.steps}, DType::I32);
   for (int64_t i = 0; i < labels.numel(); ++i)
     labels.data<int32_t>()[i] = int32_t((i * 7) % o.n_classes);
@@ -231,6 +237,22 @@ bool run_config(const Config& c, const std::vector<Policy>& policies, int thread
               std::to_string(m.first_numel) + " entries nonzero)";
       ref = m;
       ref_grads = g;
+    } else if (p.bf16) {
+      // f32 gradients of an f32 graph: cosine and norm ratio against store-all's.
+      double dot = 0, na = 0, nb = 0;
+      const size_t n = std::min(g.size(), ref_grads.size()) / sizeof(float);
+      for (size_t i = 0; i < n; ++i) {
+        float a, b;
+        std::memcpy(&a, ref_grads.data() + i * sizeof(float), sizeof a);
+        std::memcpy(&b, g.data() + i * sizeof(float), sizeof b);
+        dot += double(a) * b, na += double(a) * a, nb += double(b) * b;
+      }
+      const double cosine = na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0;
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "bf16: all %d params, cosine %.5f, norm ratio %.4f",
+                    m.n_params, cosine, na > 0 ? std::sqrt(nb / na) : 0.0);
+      same = buf;
+      ok = ok && g.size() == ref_grads.size() && cosine >= 0.99;
     } else {
       const bool first = g.size() == ref_grads.size() &&
                          !std::memcmp(g.data(), ref_grads.data(), size_t(m.first_bytes));
@@ -258,16 +280,22 @@ bool parse_policies(const std::string& list, std::vector<Policy>* out) {
     const size_t end = std::min(list.find(',', at), list.size());
     const std::string name = list.substr(at, end - at);
     at = end + 1;
-    const std::string suffix = "-unfused";
-    const bool unfused = name.size() > suffix.size() &&
-                         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    const std::string s = unfused ? name.substr(0, name.size() - suffix.size()) : name;
+    std::string s = name;
+    auto strip = [&](const std::string& suffix) {
+      const bool has = s.size() > suffix.size() &&
+                       s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+      if (has) s.resize(s.size() - suffix.size());
+      return has;
+    };
+    const bool bf16 = strip("-bf16");
+    const bool unfused = strip("-unfused");
     if (s == "store-all") {
-      if (unfused) out->push_back(Policy{name, MemoryPolicy::StoreAll, 0, false});
+      if (unfused || bf16) out->push_back(Policy{name, MemoryPolicy::StoreAll, 0, !unfused, bf16});
       continue;
     }
     if (s.rfind("ckpt-", 0) != 0 || std::atoi(s.c_str() + 5) < 1) return false;
-    out->push_back(Policy{name, MemoryPolicy::Checkpoint, std::atoi(s.c_str() + 5), !unfused});
+    out->push_back(
+        Policy{name, MemoryPolicy::Checkpoint, std::atoi(s.c_str() + 5), !unfused, bf16});
   }
   return true;
 }
@@ -314,7 +342,7 @@ int main(int argc, char** argv) {
   if (bad) {
     std::fprintf(stderr,
                  "usage: %s [--preset P] [--size HW] [--batch B] [--steps T] [--threads N] "
-                 "[--repeats R] [--policies store-all,ckpt-K,...[-unfused]] [--all]\n"
+                 "[--repeats R] [--policies store-all,ckpt-K,...[-unfused][-bf16]] [--all]\n"
                  "  store-all always runs first (the reference of the ratios and gradients)\n",
                  argv[0]);
     return 64;

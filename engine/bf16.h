@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "engine/rng.h"  // DYNSIM_HD
 
@@ -45,6 +46,35 @@ DYNSIM_HD bf16 bf16_from_f64(double v) {
     f = f32_from_bits(u | 1u);
   }
   return bf16_from_f32(f);
+}
+
+// A storage type's arithmetic type (f32 for bf16, the type itself otherwise) and the element
+// conversions kernels templated on the storage type use: widen_value loads exactly,
+// narrow_value<S> stores (bf16: to nearest even; the identity for f32 and f64).
+template <class S>
+struct compute_of {
+  using type = S;
+};
+template <>
+struct compute_of<bf16> {
+  using type = float;
+};
+template <class S>
+using compute_t = typename compute_of<S>::type;
+
+template <class S>
+DYNSIM_HD S widen_value(S v) {
+  return v;
+}
+DYNSIM_HD float widen_value(bf16 v) {
+  return bf16_to_f32(v);
+}
+template <class S>
+DYNSIM_HD S narrow_value(compute_t<S> v) {
+  if constexpr (std::is_same_v<S, bf16>)
+    return bf16_from_f32(v);
+  else
+    return v;
 }
 
 }  // namespace dynsim

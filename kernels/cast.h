@@ -24,6 +24,26 @@ void cast(Context& c, const Tensor& x, const Tensor& y);
 void add_channel_bias_bf16(Context& c, const Tensor& y, const Tensor& b);
 }
 
+// Calls f(From{}, To{}) with the element types of x's and y's dtypes (float, double, bf16);
+// both twins dispatch through it after check_cast (which rules out i32).
+template <class F>
+void with_cast_types(const Tensor& x, const Tensor& y, F&& f) {
+  auto to = [&](auto from) {
+    switch (y.dtype()) {
+      case DType::F32: return f(from, float{});
+      case DType::F64: return f(from, double{});
+      case DType::BF16: return f(from, bf16{});
+      case DType::I32: break;
+    }
+  };
+  switch (x.dtype()) {
+    case DType::F32: return to(float{});
+    case DType::F64: return to(double{});
+    case DType::BF16: return to(bf16{});
+    case DType::I32: break;
+  }
+}
+
 // The rounding rules, one per pair (the identity for equal types).
 template <class To, class From>
 DYNSIM_HD To cast_value(From v) {

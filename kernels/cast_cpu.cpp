@@ -16,33 +16,17 @@ void check_cast(const char* op, const Tensor& x, const Tensor& y) {
 }
 
 namespace cpu {
-namespace {
-template <class To, class From>
-void cast_t(Context& c, const Tensor& x, const Tensor& y) {
-  const From* px = x.data<From>();
-  To* py = y.data<To>();
-  for_each_index(c, x.numel(), [&](int64_t i) { py[i] = cast_value<To, From>(px[i]); });
-}
-template <class From>
-void cast_from(Context& c, const Tensor& x, const Tensor& y) {
-  switch (y.dtype()) {
-    case DType::F32: return cast_t<float, From>(c, x, y);
-    case DType::F64: return cast_t<double, From>(c, x, y);
-    case DType::BF16: return cast_t<bf16, From>(c, x, y);
-    case DType::I32: break;
-  }
-}
-}  // namespace
 
 void cast(Context& c, const Tensor& x, const Tensor& y) {
   check_cast("cast", x, y);
   if (x.device() != Device::Cpu) throw DataError(concat("cast: CPU op got ", x.str()));
-  switch (x.dtype()) {
-    case DType::F32: return cast_from<float>(c, x, y);
-    case DType::F64: return cast_from<double>(c, x, y);
-    case DType::BF16: return cast_from<bf16>(c, x, y);
-    case DType::I32: break;
-  }
+  with_cast_types(x, y, [&](auto from, auto to) {
+    using From = decltype(from);
+    using To = decltype(to);
+    const From* px = x.data<From>();
+    To* py = y.data<To>();
+    for_each_index(c, x.numel(), [&](int64_t i) { py[i] = cast_value<To, From>(px[i]); });
+  });
 }
 
 }  // namespace cpu

@@ -13,15 +13,6 @@ void cast_t(Context& c, const Tensor& x, const Tensor& y) {
   To* py = y.data<To>();
   launch(c, x.numel(), [=] __device__(int64_t i) { py[i] = cast_value<To, From>(px[i]); });
 }
-template <class From>
-void cast_from(Context& c, const Tensor& x, const Tensor& y) {
-  switch (y.dtype()) {
-    case DType::F32: return cast_t<float, From>(c, x, y);
-    case DType::F64: return cast_t<double, From>(c, x, y);
-    case DType::BF16: return cast_t<bf16, From>(c, x, y);
-    case DType::I32: break;
-  }
-}
 }  // namespace
 
 void add_channel_bias_bf16(Context& c, const Tensor& y, const Tensor& b) {
@@ -49,12 +40,9 @@ void add_channel_bias_bf16(Context& c, const Tensor& y, const Tensor& b) {
 void cast(Context& c, const Tensor& x, const Tensor& y) {
   check_cast("cast", x, y);
   if (x.device() != Device::Cuda) throw DataError(concat("cast: CUDA op got ", x.str()));
-  switch (x.dtype()) {
-    case DType::F32: return cast_from<float>(c, x, y);
-    case DType::F64: return cast_from<double>(c, x, y);
-    case DType::BF16: return cast_from<bf16>(c, x, y);
-    case DType::I32: break;
-  }
+  with_cast_types(x, y, [&](auto from, auto to) {
+    cast_t<decltype(to), decltype(from)>(c, x, y);
+  });
 }
 
 }  // namespace dynsim::cuda

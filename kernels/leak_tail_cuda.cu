@@ -9,24 +9,30 @@
 
 namespace dynsim::cuda {
 
-template <class T>
+// S: the storage type of the terms, h, x and r (f32, f64, or bf16 with f32 tau and f32 math:
+// the f32 forward's math on the widened values, x and r rounded once: the bits of the f32 op on
+// widened copies, engine/bf16_widen.h). tau is in S's arithmetic type.
+template <class S>
 void leak_tail_forward_t(Context& c, const LeakTailParams& p, const LeakTailLayout& l,
                          const LeakTailTerms& terms, const Tensor& h, const Tensor& tau,
                          const Tensor& x, const Tensor& r) {
-  const LeakTailTermPtrs<T> u = leak_tail_term_ptrs<T>(terms);
+  using T = compute_t<S>;
+  const LeakTailTermPtrs<S> u = leak_tail_term_ptrs<S>(terms);
   const LeakTailSupra<T> s = leak_tail_supra<T>(p);
-  const T *ph = data_or_null<const T>(h), *ptau = tau.data<T>();
-  T* px = data_or_null<T>(x);
-  T* pr = r.data<T>();
+  const S* ph = data_or_null<const S>(h);
+  const T* ptau = tau.data<T>();
+  S* px = data_or_null<S>(x);
+  S* pr = r.data<S>();
   const LeakRule rule = p.rule;
   const double dt = p.dt;
   const bool per_sample = l.per_sample_tau;
   const int64_t per = l.per;
   launch(c, l.n, [=] __device__(int64_t i) {
     const T tb = ptau[per_sample ? i / per : 0];
-    const T xi = leak_step<T>(rule, u.sum(i), ph ? ph[i] : T(0), ph != nullptr, tb, dt);
-    if (px) px[i] = xi;
-    pr[i] = leak_tail_rate(xi, s);
+    const T hv = ph ? widen_value(ph[i]) : T(0);
+    const T xi = leak_step<T>(rule, u.sum(i), hv, ph != nullptr, tb, dt);
+    if (px) px[i] = narrow_value<S>(xi);
+    pr[i] = narrow_value<S>(leak_tail_rate(xi, s));
   });
 }
 
@@ -68,49 +74,13 @@ void leak_tail_backward_t(Context& c, const LeakTailParams& p, const LeakTailLay
                 [=] __device__(int64_t sgm, double v) { put_grad(gt[sgm], T(v), acc); });
 }
 
-// The bf16 terms' pointers, by value for the kernel's lambda.
-struct Bf16TermPtrs {
-  const bf16* p[kLeakTailMaxTerms];
-  int n;
-};
-
-// bf16 storage: bf16 terms, h, x and r, f32 tau; the f32 forward's math on the widened values,
-// x and r rounded once (to nearest even): the bits of the f32 op on widened copies
-// (engine/bf16_widen.h), the reference the gpu suite holds it to.
-void leak_tail_forward_bf16(Context& c, const LeakTailParams& p, const LeakTailLayout& l,
-                            const LeakTailTerms& terms, const Tensor& h, const Tensor& tau,
-                            const Tensor& x, const Tensor& r) {
-  Bf16TermPtrs u{};
-  u.n = terms.size();
-  for (int k = 0; k < terms.size(); ++k) u.p[k] = terms[k].data<bf16>();
-  const LeakTailSupra<float> s = leak_tail_supra<float>(p);
-  const bf16* ph = data_or_null<const bf16>(h);
-  const float* ptau = tau.data<float>();
-  bf16* px = data_or_null<bf16>(x);
-  bf16* pr = r.data<bf16>();
-  const LeakRule rule = p.rule;
-  const double dt = p.dt;
-  const bool per_sample = l.per_sample_tau;
-  const int64_t per = l.per;
-  launch(c, l.n, [=] __device__(int64_t i) {
-    float ui = bf16_to_f32(u.p[0][i]);
-    for (int k = 1; k < kLeakTailMaxTerms; ++k)
-      if (k < u.n) ui = ui + bf16_to_f32(u.p[k][i]);
-    const float tb = ptau[per_sample ? i / per : 0];
-    const float hv = ph ? bf16_to_f32(ph[i]) : 0.0f;
-    const float xi = leak_step<float>(rule, ui, hv, ph != nullptr, tb, dt);
-    if (px) px[i] = bf16_from_f32(xi);
-    pr[i] = bf16_from_f32(leak_tail_rate(xi, s));
-  });
-}
-
 void leak_tail_forward(Context& c, const LeakTailParams& p, const LeakTailTerms& terms,
                        const Tensor& h, const Tensor& tau, const Tensor& x, const Tensor& r) {
   const char* op = "leak_tail_forward";
   const Tensor& u0 = leak_tail_first_term(op, terms);
   if (u0.dtype() == DType::BF16 && u0.device() == Device::Cuda) {
     const LeakTailLayout l = check_leak_tail_forward(op, p, terms, h, tau, x, r);
-    return leak_tail_forward_bf16(c, p, l, terms, h, tau, x, r);
+    return leak_tail_forward_t<bf16>(c, p, l, terms, h, tau, x, r);
   }
   const bool f64 = is_f64(op, u0);
   const LeakTailLayout l = check_leak_tail_forward(op, p, terms, h, tau, x, r);

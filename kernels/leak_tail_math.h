@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 
+#include "engine/bf16.h"
 #include "kernels/leak_math.h"
 #include "kernels/supralinearity_math.h"
 
@@ -20,10 +21,11 @@ template <class T>
 struct LeakTailTermPtrs {
   const T* p[kLeakTailMaxTerms];
   int n;
-  DYNSIM_HD T sum(int64_t i) const {
-    T u = p[0][i];
+  // In T's arithmetic type (engine/bf16.h: f32 for bf16 terms, T itself otherwise).
+  DYNSIM_HD compute_t<T> sum(int64_t i) const {
+    compute_t<T> u = widen_value(p[0][i]);
     for (int k = 1; k < kLeakTailMaxTerms; ++k)
-      if (k < n) u = u + p[k][i];
+      if (k < n) u = u + widen_value(p[k][i]);
     return u;
   }
 };

@@ -32,41 +32,25 @@ void check_argmax(const char* op, const Tensor& argmax, const Shape& ys) {
 
 }  // namespace
 
-template <class T>
-void maxpool2d_forward_t(Context& c, const PoolGeom& g, const T* px, T* py, int32_t* pa) {
+// S: the storage type (f32, f64, or bf16: the maximum compared in f32, widening being exact,
+// and stored rounded: the bits of the f32 op on widened copies, NaN quieted as bf16_from_f32
+// does).
+template <class S>
+void maxpool2d_forward_t(Context& c, const PoolGeom& g, const S* px, S* py, int32_t* pa) {
+  using T = compute_t<S>;
   launch(c, g.planes * g.ho * g.wo, [=] __device__(int64_t o) {
     const int64_t k = o / (g.ho * g.wo), oh = (o / g.wo) % g.ho, ow = o % g.wo;
     const pool::Window wh = pool::window(oh, g.sh, g.ph, g.kh, g.h);
     const pool::Window ww = pool::window(ow, g.sw, g.pw, g.kw, g.w);
-    const T* xp = px + k * g.h * g.w;
+    const S* xp = px + k * g.h * g.w;
     T best = -INFINITY;
     int64_t arg = wh.begin * g.w + ww.begin;
     for (int64_t ih = wh.begin; ih < wh.end; ++ih)
       for (int64_t iw = ww.begin; iw < ww.end; ++iw) {
-        const T v = xp[ih * g.w + iw];
+        const T v = widen_value(xp[ih * g.w + iw]);
         if (v > best || isnan(v)) best = v, arg = ih * g.w + iw;
       }
-    py[o] = best;
-    pa[o] = int32_t(arg);
-  });
-}
-
-// bf16 storage: the window's maximum compared in f32 (widening is exact), stored rounded (the
-// bits of the f32 op on widened copies, NaN quieted as bf16_from_f32 does).
-void maxpool2d_forward_bf16(Context& c, const PoolGeom& g, const bf16* px, bf16* py, int32_t* pa) {
-  launch(c, g.planes * g.ho * g.wo, [=] __device__(int64_t o) {
-    const int64_t k = o / (g.ho * g.wo), oh = (o / g.wo) % g.ho, ow = o % g.wo;
-    const pool::Window wh = pool::window(oh, g.sh, g.ph, g.kh, g.h);
-    const pool::Window ww = pool::window(ow, g.sw, g.pw, g.kw, g.w);
-    const bf16* xp = px + k * g.h * g.w;
-    float best = -INFINITY;
-    int64_t arg = wh.begin * g.w + ww.begin;
-    for (int64_t ih = wh.begin; ih < wh.end; ++ih)
-      for (int64_t iw = ww.begin; iw < ww.end; ++iw) {
-        const float v = bf16_to_f32(xp[ih * g.w + iw]);
-        if (v > best || isnan(v)) best = v, arg = ih * g.w + iw;
-      }
-    py[o] = bf16_from_f32(best);
+    py[o] = narrow_value<S>(best);
     pa[o] = int32_t(arg);
   });
 }
@@ -137,7 +121,7 @@ void maxpool2d_forward(Context& c, const Pool2dParams& p, const Tensor& x, const
   check_argmax(op, argmax, ys);
   const PoolGeom g = geom_of(p, x.shape(), ys);
   if (bf16_x)
-    maxpool2d_forward_bf16(c, g, x.data<bf16>(), y.data<bf16>(), argmax.data<int32_t>());
+    maxpool2d_forward_t(c, g, x.data<bf16>(), y.data<bf16>(), argmax.data<int32_t>());
   else if (f64)
     maxpool2d_forward_t(c, g, x.data<double>(), y.data<double>(), argmax.data<int32_t>());
   else

@@ -65,6 +65,25 @@ double max_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+// A bf16 run's gradient got against the f32 gradient want: both zero, or pointing the same way
+// (cosine >= 0.99) with a norm within 10%.
+void check_gradient_follows(const Tensor& want, const Tensor& got, const std::string& name) {
+  REQUIRE(got.shape() == want.shape());
+  double dot = 0, na = 0, nb = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    dot += want.item(i) * got.item(i);
+    na += want.item(i) * want.item(i);
+    nb += got.item(i) * got.item(i);
+  }
+  if (na == 0) {
+    CHECK_MESSAGE(nb == 0, name);
+    return;
+  }
+  const double cosine = dot / std::sqrt(na * nb), ratio = std::sqrt(nb / na);
+  CHECK_MESSAGE(cosine >= 0.99, name, ": cosine ", cosine);
+  CHECK_MESSAGE(std::abs(ratio - 1) <= 0.1, name, ": norm ratio ", ratio);
+}
+
 }  // namespace
 
 TEST_CASE("bf16: rounding to nearest even, specials, and f64 in one rounding") {
@@ -355,22 +374,8 @@ TEST_CASE("bf16: Bptt gradients in bf16 storage follow the f32 gradients") {
     CHECK(std::abs(l16.total - l32.total) <= 0.02 * std::abs(l32.total));
     CHECK(l16.total != l32.total);
     for (const auto& e : g32.entries()) {
-      const Tensor& a = e.value;
-      const Tensor& b = g16.get(e.name);
-      REQUIRE(b.dtype() == DType::F32);
-      double dot = 0, na = 0, nb = 0;
-      for (int64_t i = 0; i < a.numel(); ++i) {
-        dot += a.item(i) * b.item(i);
-        na += a.item(i) * a.item(i);
-        nb += b.item(i) * b.item(i);
-      }
-      if (na == 0) {
-        CHECK_MESSAGE(nb == 0, e.name);
-        continue;
-      }
-      const double cosine = dot / std::sqrt(na * nb), ratio = std::sqrt(nb / na);
-      CHECK_MESSAGE(cosine >= 0.99, e.name, ": cosine ", cosine);
-      CHECK_MESSAGE(std::abs(ratio - 1) <= 0.1, e.name, ": norm ratio ", ratio);
+      REQUIRE(g16.get(e.name).dtype() == DType::F32);
+      check_gradient_follows(e.value, g16.get(e.name), e.name);
     }
     // The checkpoint policy recomputes the same bf16 values: the same gradients, bit for bit.
     BpttOptions ck = opt;
@@ -560,16 +565,6 @@ TEST_CASE("bf16 CPU vs CUDA: Bptt gradients in bf16 storage" * doctest::test_sui
   const Tensor xd = gpu.to_device(x.to_dtype(DType::BF16));
   const LossValues lg = bg.run(xd, y, {}, LossSpec{}, opt, &got);
   CHECK(std::abs(lg.total - lw.total) <= 0.02 * std::abs(lw.total));
-  for (const auto& e : want.entries()) {
-    const Tensor a = e.value, b = gpu.to_host(got.get(e.name));
-    double dot = 0, na = 0, nb = 0;
-    for (int64_t i = 0; i < a.numel(); ++i) {
-      dot += a.item(i) * b.item(i);
-      na += a.item(i) * a.item(i);
-      nb += b.item(i) * b.item(i);
-    }
-    if (na == 0) continue;
-    CHECK_MESSAGE(dot / std::sqrt(na * nb) >= 0.99, e.name);
-    CHECK_MESSAGE(std::abs(std::sqrt(nb / na) - 1) <= 0.1, e.name);
-  }
+  for (const auto& e : want.entries())
+    check_gradient_follows(e.value, gpu.to_host(got.get(e.name)), e.name);
 }

@@ -1,4 +1,4 @@
-// Reverse mode through time (engine/bptt.h) on the CPU, per memory policy (store-all, checkpoint
+// Reverse mode through time (engine/autograd/bptt.h) on the CPU, per memory policy (store-all, checkpoint
 // every k steps): the bytes of the planned pools, the peak resident-memory increase of one
 // training step (forward + loss + reverse sweep), the median train-step and forward-only times,
 // and whether the gradients equal store-all's bitwise. Each policy runs in a fresh child process
@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "bench/bench_common.h"
-#include "engine/bptt.h"
+#include "engine/autograd/bptt.h"
 #include "models/dyrcnn/dyrcnn.h"
 
 using namespace dynsim;

@@ -1,7 +1,7 @@
 // DyRCNNx4 on a CUDA device: the forward simulation (Scheduler::run, layer recording) at 64x64
 // and 224x224, batch 64, T = 20 real steps, per precision mode (fp32 = TF32 off; tf32 = cuDNN
 // and cuBLAS may use TF32 tensor ops; bf16 = bf16 storage of the input, parameters and
-// activations with f32 math, TF32 off: the run's dtype, engine/scheduler.h), then a training step
+// activations with f32 math, TF32 off: the run's dtype, engine/dynamics/scheduler.h), then a training step
 // per precision (Bptt: forward + CE loss + reverse sweep, no optimiser update; store-all up to
 // 128x128, checkpoint every 5 steps above; bf16: the tape in bf16, f32 parameters and gradients).
 // Per row: median ms per run and per step, steps/s and image-steps/s over R runs after one
@@ -25,8 +25,8 @@
 #include <vector>
 
 #include "bench/bench_common.h"
-#include "engine/bptt.h"
-#include "engine/device.h"
+#include "engine/autograd/bptt.h"
+#include "engine/core/device.h"
 #include "models/dyrcnn/dyrcnn.h"
 #include "kernels/dispatch.h"
 

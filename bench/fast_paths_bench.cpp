@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "bench/bench_common.h"
-#include "engine/device.h"
-#include "engine/scheduler.h"
+#include "engine/core/device.h"
+#include "engine/dynamics/scheduler.h"
 #include "models/dyrcnn/dyrcnn.h"
 
 using namespace dynsim;

@@ -1,4 +1,4 @@
-// DynVision's activity loss (reference/dynvision-spec.md; engine/bptt.cpp) on the device that
+// DynVision's activity loss (reference/dynvision-spec.md; engine/autograd/bptt.cpp) on the device that
 // holds the activations. Per sample b of y [B, ...] with n = numel / B elements:
 // s_b = sum_i y_bi (signed) or sum_i |y_bi| (absolute), in double; activity_accumulate adds
 // |s_b| / n to acc[b] (f64 [B] on y's device); activity_seed adds coef * d(|s_b| / n)/dy, i.e.

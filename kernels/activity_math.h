@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "engine/rng.h"  // DYNSIM_HD
+#include "engine/core/rng.h"  // DYNSIM_HD
 
 namespace dynsim::math {
 

@@ -1,5 +1,5 @@
 // Dtype conversion y = x between f32, f64 and bf16 (same shape, same device). Widening is exact;
-// narrowing rounds to nearest, ties to even (engine/bf16.h for bf16; f64 -> bf16 in one
+// narrowing rounds to nearest, ties to even (engine/core/bf16.h for bf16; f64 -> bf16 in one
 // rounding). Both twins give the same bits. Also the check both share.
 #pragma once
 #include "kernels/op_common.h"

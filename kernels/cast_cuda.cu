@@ -1,5 +1,5 @@
 // CUDA twin of the dtype conversion (kernels/cast.h): one grid-stride pass with the CPU twin's
-// per-element rule (engine/bf16.h), so both give the same bits.
+// per-element rule (engine/core/bf16.h), so both give the same bits.
 #include <algorithm>
 
 #include "kernels/cast.h"

@@ -20,7 +20,7 @@
 #include <memory>
 #include <string>
 
-#include "engine/cuda_check.h"
+#include "engine/core/cuda_check.h"
 #include "kernels/cast.h"
 #include "kernels/conv2d.h"
 #include "kernels/pad.h"

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "engine/cuda_check.h"
+#include "engine/core/cuda_check.h"
 #include "kernels/op_common.h"
 
 namespace dynsim::cuda {

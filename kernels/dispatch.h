@@ -2,7 +2,7 @@
 // the context's device. Models, solvers and the scheduler call only these. An op without a
 // CUDA implementation yet throws NotImplemented naming itself when called on a CUDA context.
 #pragma once
-#include "engine/bf16_widen.h"
+#include "kernels/bf16_widen.h"
 #include "kernels/activity.h"
 #include "kernels/cast.h"
 #include "kernels/conv2d.h"
@@ -89,7 +89,7 @@ inline bool conv2d_native_bf16(Context& c, const Conv2dParams& p, const Tensor& 
   }
 }
 
-// bf16 storage (engine/bf16_widen.h): an op given a bf16 operand (forward or backward) runs on f32
+// bf16 storage (kernels/bf16_widen.h): an op given a bf16 operand (forward or backward) runs on f32
 // copies of its bf16 operands and rounds its bf16 outputs once (an accumulating gradient is
 // widened first, so grad += g is rounded once too); f32 operands (parameters and their
 // gradients in bf16 training, tau) are used as they are. Native CUDA forms where noted.

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "engine/cuda_check.h"
+#include "engine/core/cuda_check.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/elementwise.h"
 

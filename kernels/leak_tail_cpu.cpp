@@ -53,7 +53,7 @@ LeakTailLayout check_inputs(const char* op, const LeakTailParams& p, const LeakT
   if (!tau.defined() || (tau.numel() != 1 && tau.numel() != l.batch))
     throw DataError(concat(op, ": tau must have 1 or ", l.batch, " elements, got ",
                            tau.defined() ? tau.str() : std::string("undefined")));
-  if (u0.dtype() == DType::BF16) {  // bf16 storage: tau stays f32 (engine/scheduler.h)
+  if (u0.dtype() == DType::BF16) {  // bf16 storage: tau stays f32 (engine/dynamics/scheduler.h)
     if (tau.dtype() != DType::F32 || tau.device() != u0.device() ||
         tau.device_index() != u0.device_index())
       throw DataError(concat(op, ": with bf16 terms tau must be f32 on their device, got ",

@@ -11,7 +11,7 @@ namespace dynsim::cuda {
 
 // S: the storage type of the terms, h, x and r (f32, f64, or bf16 with f32 tau and f32 math:
 // the f32 forward's math on the widened values, x and r rounded once: the bits of the f32 op on
-// widened copies, engine/bf16_widen.h). tau is in S's arithmetic type.
+// widened copies, kernels/bf16_widen.h). tau is in S's arithmetic type.
 template <class S>
 void leak_tail_forward_t(Context& c, const LeakTailParams& p, const LeakTailLayout& l,
                          const LeakTailTerms& terms, const Tensor& h, const Tensor& tau,

@@ -6,7 +6,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/bf16.h"
+#include "engine/core/bf16.h"
 #include "kernels/leak_math.h"
 #include "kernels/supralinearity_math.h"
 
@@ -21,7 +21,7 @@ template <class T>
 struct LeakTailTermPtrs {
   const T* p[kLeakTailMaxTerms];
   int n;
-  // In T's arithmetic type (engine/bf16.h: f32 for bf16 terms, T itself otherwise).
+  // In T's arithmetic type (engine/core/bf16.h: f32 for bf16 terms, T itself otherwise).
   DYNSIM_HD compute_t<T> sum(int64_t i) const {
     compute_t<T> u = widen_value(p[0][i]);
     for (int k = 1; k < kLeakTailMaxTerms; ++k)

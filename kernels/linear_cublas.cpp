@@ -9,7 +9,7 @@
 #include <memory>
 #include <vector>
 
-#include "engine/cuda_check.h"
+#include "engine/core/cuda_check.h"
 #include "kernels/linear.h"
 
 namespace dynsim::cuda {
@@ -63,7 +63,7 @@ Dims check_inputs(const char* op, const Tensor& x, const Tensor& w) {
 }
 
 // A device vector of at least n ones of type T, kept per context (grown, never shrunk). A grown
-// vector's predecessors stay allocated: a captured CUDA graph (engine/cuda_graph.h) may hold
+// vector's predecessors stay allocated: a captured CUDA graph (engine/core/cuda_graph.h) may hold
 // their address.
 struct Ones {
   Tensor t;

@@ -7,7 +7,7 @@
 // function of (C, H, W) (make_local_sheet_map), so every map of those sizes shares them.
 #include <memory>
 
-#include "engine/device.h"
+#include "engine/core/device.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/local_sheet.h"
 

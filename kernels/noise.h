@@ -1,5 +1,5 @@
 // Additive Gaussian noise (training only): y = x + sigma * z, z from the context's counter-based
-// stream (engine/rng.h), element i drawing index offset + i, where offset is reserved from the
+// stream (engine/core/rng.h), element i drawing index offset + i, where offset is reserved from the
 // context's Rng (so CPU and GPU draw identical z for the same seed). Not training: y = x.
 // Backward: grad_x = grad_y. add_normal is the fused forward; fill_normal writes mean + std * z
 // with the same stream; fill_uniform_bits the raw 32-bit words (for stream comparisons).

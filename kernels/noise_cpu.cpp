@@ -1,5 +1,5 @@
-// CPU twin of the counter-based normal and raw-bit fills (kernels/noise.h, engine/rng.h).
-#include "engine/rng.h"
+// CPU twin of the counter-based normal and raw-bit fills (kernels/noise.h, engine/core/rng.h).
+#include "engine/core/rng.h"
 #include "kernels/noise.h"
 
 namespace dynsim::cpu {

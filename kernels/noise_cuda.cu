@@ -1,6 +1,6 @@
 // CUDA twin of kernels/noise_cpu.cpp: the same counter-based stream, bit for bit.
-#include "engine/cuda_check.h"
-#include "engine/rng.h"
+#include "engine/core/cuda_check.h"
+#include "engine/core/rng.h"
 #include "kernels/noise.h"
 
 namespace dynsim::cuda {

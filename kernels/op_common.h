@@ -4,8 +4,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "engine/context.h"
-#include "engine/tensor.h"
+#include "engine/core/context.h"
+#include "engine/core/tensor.h"
 
 namespace dynsim {
 

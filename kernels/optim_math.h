@@ -10,7 +10,7 @@
 #pragma once
 #include <cmath>
 
-#include "engine/rng.h"  // DYNSIM_HD
+#include "engine/core/rng.h"  // DYNSIM_HD
 #include "kernels/optim.h"
 
 namespace dynsim::optim {

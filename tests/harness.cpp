@@ -10,7 +10,7 @@
 #include <cmath>
 #include <random>
 
-#include "engine/npy.h"
+#include "engine/io/npy.h"
 
 namespace dynsim::test {
 

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/context.h"
-#include "engine/tensor.h"
+#include "engine/core/context.h"
+#include "engine/core/tensor.h"
 #include "kernels/op_common.h"
 
 namespace dynsim::test {

@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <string>
 
-#include "engine/device.h"
+#include "engine/core/device.h"
 
 namespace dynsim::test {
 std::string& torch_refs_dir_storage();

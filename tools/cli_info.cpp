@@ -6,8 +6,8 @@
 #include <Eigen/Core>
 #include <string>
 
-#include "engine/context.h"
-#include "engine/device.h"
+#include "engine/core/context.h"
+#include "engine/core/device.h"
 
 namespace dynsim::cli {
 

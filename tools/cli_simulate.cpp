@@ -13,11 +13,11 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "engine/device.h"
-#include "engine/hdf5_io.h"
-#include "engine/npy.h"
-#include "models/sim_config.h"
-#include "models/trainer.h"
+#include "engine/core/device.h"
+#include "engine/io/hdf5_io.h"
+#include "engine/io/npy.h"
+#include "models/config/sim_config.h"
+#include "models/train/trainer.h"
 
 namespace dynsim::cli {
 namespace fs = std::filesystem;
@@ -36,7 +36,7 @@ void write_text(const fs::path& p, const std::string& text) {
   if (!f) throw IoError(concat(p.string(), ": write failed"));
 }
 
-// simulation.format = "hdf5" needs a build with HDF5 (engine/hdf5_io.h).
+// simulation.format = "hdf5" needs a build with HDF5 (engine/io/hdf5_io.h).
 void check_format(const Config& cfg) {
   if (cfg.get_string("simulation.format") == "hdf5" && !hdf5_available())
     cfg.fail("simulation.format",
@@ -179,7 +179,7 @@ int run_simulate(const SimulateArgs& a) {
   // is redone on the CPU with a warning (the wall time then includes the failed attempt). cuda: the
   // device or an error (the Context names a missing device or a build without CUDA).
   const bool tf32 = cfg.get_string("simulation.precision") == "tf32";
-  // bf16: the run's dtype (engine/scheduler.h); the stimulus is rounded to it once, here.
+  // bf16: the run's dtype (engine/dynamics/scheduler.h); the stimulus is rounded to it once, here.
   const bool bf16 = cfg.get_string("simulation.precision") == "bf16";
   if (bf16) input = input.to_dtype(DType::BF16);
   if (tf32 && dev == "cpu")

@@ -1,4 +1,4 @@
-// `dynsim simulate` and `dynsim validate` (thin mains over models/sim_config.h).
+// `dynsim simulate` and `dynsim validate` (thin mains over models/config/sim_config.h).
 #pragma once
 #include <string>
 #include <vector>

@@ -5,7 +5,7 @@
 #include <csignal>
 #include <iostream>
 
-#include "models/trainer.h"
+#include "models/train/trainer.h"
 
 namespace dynsim::cli {
 namespace {

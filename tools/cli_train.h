@@ -1,4 +1,4 @@
-// `dynsim train` and `dynsim eval` (thin mains over models/trainer.h).
+// `dynsim train` and `dynsim eval` (thin mains over models/train/trainer.h).
 #pragma once
 #include <string>
 #include <vector>

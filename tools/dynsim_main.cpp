@@ -1,10 +1,10 @@
 // The dynsim command line. Subcommands are thin mains over the library; exceptions become
-// sysexits-style exit codes (engine/errors.h): 64 usage, 65 bad data, 66 missing input,
+// sysexits-style exit codes (engine/core/errors.h): 64 usage, 65 bad data, 66 missing input,
 // 74 I/O, 75 preempted, 78 bad config.
 #include <CLI/CLI.hpp>
 #include <iostream>
 
-#include "engine/errors.h"
+#include "engine/core/errors.h"
 #include "tools/cli_info.h"
 #include "tools/cli_retina.h"
 #include "tools/cli_simulate.h"

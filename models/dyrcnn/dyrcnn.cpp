@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "models/init.h"
+#include "models/common/init.h"
 
 namespace dynsim::models {
 namespace {

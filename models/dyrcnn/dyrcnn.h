@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/graph.h"
+#include "engine/dynamics/graph.h"
 
 namespace dynsim::models {
 

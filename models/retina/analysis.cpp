@@ -8,8 +8,8 @@
 #include <cmath>
 #include <limits>
 
-#include "engine/errors.h"
-#include "engine/rng.h"
+#include "engine/core/errors.h"
+#include "engine/core/rng.h"
 
 namespace dynsim::retina {
 

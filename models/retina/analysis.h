@@ -9,7 +9,7 @@
 #include <functional>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace dynsim::retina {
 

@@ -7,8 +7,8 @@
 #include <limits>
 #include <numeric>
 
-#include "engine/errors.h"
-#include "engine/rng.h"
+#include "engine/core/errors.h"
+#include "engine/core/rng.h"
 #include "models/retina/analysis.h"
 
 namespace dynsim::retina {

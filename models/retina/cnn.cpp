@@ -9,9 +9,9 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "engine/atomic_file.h"
-#include "engine/rng.h"
-#include "engine/safetensors.h"
+#include "engine/io/atomic_file.h"
+#include "engine/core/rng.h"
+#include "engine/io/safetensors.h"
 #include "kernels/dispatch.h"
 
 namespace dynsim::retina {

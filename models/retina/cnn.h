@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/context.h"
-#include "engine/params.h"
-#include "engine/tensor.h"
+#include "engine/core/context.h"
+#include "engine/core/params.h"
+#include "engine/core/tensor.h"
 
 namespace dynsim::retina {
 

@@ -7,8 +7,8 @@
 #include <cstring>
 #include <limits>
 
-#include "engine/optimizer.h"
-#include "engine/rng.h"
+#include "engine/optim/optimizer.h"
+#include "engine/core/rng.h"
 #include "kernels/op_common.h"
 #include "models/retina/cnn.h"
 

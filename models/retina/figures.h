@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/config.h"
+#include "engine/io/config.h"
 
 namespace dynsim::retina {
 

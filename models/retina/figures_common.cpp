@@ -5,7 +5,7 @@
 #include <iomanip>
 #include <sstream>
 
-#include "engine/errors.h"
+#include "engine/core/errors.h"
 #include "models/retina/figures.h"
 #include "models/retina/figures_detail.h"
 

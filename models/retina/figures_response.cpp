@@ -3,7 +3,7 @@
 // fraction of the training data used and against the batch size.
 #include <cmath>
 
-#include "engine/errors.h"
+#include "engine/core/errors.h"
 #include "models/retina/figures_detail.h"
 
 namespace dynsim::retina {

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "engine/errors.h"
+#include "engine/core/errors.h"
 #include "models/retina/figures_detail.h"
 
 namespace dynsim::retina {

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <random>
 
-#include "engine/errors.h"
+#include "engine/core/errors.h"
 #include "models/retina/figures_detail.h"
 
 namespace dynsim::retina {

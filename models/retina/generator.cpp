@@ -10,8 +10,8 @@
 #include <limits>
 #include <utility>
 
-#include "engine/errors.h"
-#include "engine/rng.h"
+#include "engine/core/errors.h"
+#include "engine/core/rng.h"
 #include "models/retina/generator_detail.h"
 #include "models/retina/generator_math.h"
 

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "engine/cuda_check.h"
+#include "engine/core/cuda_check.h"
 #include "models/retina/generator_cuda.h"
 
 namespace dynsim::retina::cuda {

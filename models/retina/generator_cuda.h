@@ -6,7 +6,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/context.h"
+#include "engine/core/context.h"
 #include "models/retina/generator_math.h"
 
 namespace dynsim::retina::cuda {

@@ -5,7 +5,7 @@
 #include <functional>
 #include <string>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_math.h"
 

@@ -5,8 +5,8 @@
 // (`if constexpr`), leaving NotImplemented "built without CUDA".
 #include <algorithm>
 
-#include "engine/context.h"
-#include "engine/errors.h"
+#include "engine/core/context.h"
+#include "engine/core/errors.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_cuda.h"
 #include "models/retina/generator_detail.h"

@@ -5,8 +5,8 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "engine/errors.h"
-#include "engine/hdf5_io.h"
+#include "engine/core/errors.h"
+#include "engine/io/hdf5_io.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"
 

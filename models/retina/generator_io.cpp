@@ -13,9 +13,9 @@
 #include <functional>
 #include <iterator>
 
-#include "engine/atomic_file.h"
-#include "engine/errors.h"
-#include "engine/npy.h"
+#include "engine/io/atomic_file.h"
+#include "engine/core/errors.h"
+#include "engine/io/npy.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"
 

@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <functional>
 
-#include "engine/errors.h"
+#include "engine/core/errors.h"
 #include "models/retina/generator.h"
 
 namespace dynsim::retina {

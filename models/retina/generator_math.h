@@ -1,14 +1,14 @@
 // Math shared by the retina generator's CPU code and its CUDA twin (generator_cuda.cu): every
 // random draw (checkerboard bits, white-noise normals, Poisson and Bernoulli counts) and every
 // step of the noise-free rate (subunit drive, causal filter, nonlinearity, output), built from
-// correctly rounded operations only (engine/rng.h: rn_add / rn_mul, portable_log /
+// correctly rounded operations only (engine/core/rng.h: rn_add / rn_mul, portable_log /
 // portable_exp, division, sqrt), so a (seed, index) pair and a cell give the same bits on
 // both devices. The operation order here is the definition; both sides call these functions.
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "engine/rng.h"
+#include "engine/core/rng.h"
 
 namespace dynsim::retina::math {
 using rng::rn_add;

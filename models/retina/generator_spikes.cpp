@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "engine/errors.h"
-#include "engine/rng.h"
+#include "engine/core/errors.h"
+#include "engine/core/rng.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"
 #include "models/retina/generator_math.h"

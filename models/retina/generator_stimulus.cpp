@@ -8,9 +8,9 @@
 #include <cmath>
 #include <filesystem>
 
-#include "engine/errors.h"
-#include "engine/npy.h"
-#include "engine/rng.h"
+#include "engine/core/errors.h"
+#include "engine/io/npy.h"
+#include "engine/core/rng.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"
 #include "models/retina/generator_math.h"

@@ -6,9 +6,9 @@
 #include <filesystem>
 #include <limits>
 
-#include "engine/atomic_file.h"
-#include "engine/errors.h"
-#include "engine/npy.h"
+#include "engine/io/atomic_file.h"
+#include "engine/core/errors.h"
+#include "engine/io/npy.h"
 #include "models/retina/generator_detail.h"
 
 namespace dynsim::retina {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/config.h"
+#include "engine/io/config.h"
 #include "models/retina/analysis.h"
 #include "models/retina/baselines.h"
 #include "models/retina/cnn.h"

@@ -1,4 +1,4 @@
-"""PyTorch autograd references for dynsim's reverse mode through time (engine/bptt.h), on the
+"""PyTorch autograd references for dynsim's reverse mode through time (engine/autograd/bptt.h), on the
 DyRCNNx4 re-implementation of torch_ref_dyrcnn.py (run_model, make_params), float32 throughout.
 
 Loss = CE(logits (B*T, K), labels, ignore_index=-1) (mean over the valid entries)

@@ -1,4 +1,4 @@
-"""PyTorch references for conv2d (tests/ops/test_conv2d.cpp, torch suite).
+"""PyTorch references for conv2d (tests/kernels/test_conv2d.cpp, torch suite).
 
 Case conv2d_<i>: x, w, b (if any), a random gy, y = F.conv2d / nn.Conv2d(padding_mode=...) and
 the gradients gx, gw, gb of <y, gy>; params = [sh, sw, ph, pw, reflect, groups, has_bias].

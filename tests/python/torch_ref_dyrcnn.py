@@ -1,5 +1,5 @@
 """An independent PyTorch re-implementation of DynVision's DyRCNNx4 forward dynamics (spec §1-§5),
-float32 on the CPU, as the reference for tests/models/torch_dyrcnn.cpp (torch suite);
+float32 on the CPU, as the reference for tests/models/dyrcnn/torch_dyrcnn.cpp (torch suite);
 run_model (with idle steps, TBPTT cuts and an activity hook) also serves torch_ref_bptt.py.
 
 Per step t and area A (V1, V2, V4, IT in order): drive u = conv(in) [+ R(r_A(t-d))]

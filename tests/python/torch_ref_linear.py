@@ -1,4 +1,4 @@
-"""PyTorch references for the fully connected layer (tests/ops/test_linear.cpp, torch suite).
+"""PyTorch references for the fully connected layer (tests/kernels/test_linear.cpp, torch suite).
 
 Cases linear_<k> hold x [N, In], w [Out, In], b [Out] (when has_bias), y = F.linear(x, w, b),
 grad_y and the gradients of x, w and b; linear_index holds the number of cases.

@@ -1,4 +1,4 @@
-"""DynVision's cortical-sheet tables for the local recurrence (tests/ops/test_local_sheet.cpp).
+"""DynVision's cortical-sheet tables for the local recurrence (tests/kernels/test_local_sheet.cpp).
 
 Rebuilds flat_plane_mapping and flat_layer_mapping the way DynVision's topographic_recurrence.py
 does (a coordinate grid laid out tile by tile: reshape a pixel's channels to f x f, flip the

@@ -1,4 +1,4 @@
-"""PyTorch references for the optimisers (engine/optimizer.h): torch.optim.SGD (momentum 0.9,
+"""PyTorch references for the optimisers (engine/optim/optimizer.h): torch.optim.SGD (momentum 0.9,
 weight decay 5e-4, plain and Nesterov), Adam (weight decay 5e-4) and AdamW (weight decay 1e-2),
 all with foreach=False, run 5 steps on three small f32 parameters in DynVision-like groups (names
 with "recurrence" x0.2, "feedback" x0.5 of the base lr) from fixed random gradients. Saves the

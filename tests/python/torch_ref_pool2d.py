@@ -1,4 +1,4 @@
-"""PyTorch references for max and average pooling (tests/ops/test_pool2d.cpp, torch suite).
+"""PyTorch references for max and average pooling (tests/kernels/test_pool2d.cpp, torch suite).
 
 Cases maxpool2d_<k> and avgpool2d_<k> hold x, params = [kh, kw, sh, sw, ph, pw,
 count_include_pad], y, grad_y and grad_x (plus argmax for max pooling: flat h*W + w indices);

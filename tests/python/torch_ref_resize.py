@@ -1,4 +1,4 @@
-"""PyTorch references for the nearest resize (tests/ops/test_resize.cpp, torch suite).
+"""PyTorch references for the nearest resize (tests/kernels/test_resize.cpp, torch suite).
 
 Cases resize_<k> hold x, y = interpolate(x, size, mode='nearest'), grad_y and grad_x;
 resize_index holds the number of cases. DynVision's 64<->16 and 32<->8, non-integer factors

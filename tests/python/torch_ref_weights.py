@@ -1,4 +1,4 @@
-"""Weights from DynVision to dynsim (tests/models/test_weights.cpp, torch suite).
+"""Weights from DynVision to dynsim (tests/models/common/test_weights.cpp, torch suite).
 
 Builds a torch module tree with DynVision's DyRCNNx4 names (32x32 input, K = 10, full recurrence,
 skip connections, no feedback), so that its state_dict holds what DynVision writes: the

@@ -15,8 +15,8 @@
 #include <set>
 #include <sstream>
 
-#include "engine/hdf5_io.h"
-#include "engine/npy.h"
+#include "engine/io/hdf5_io.h"
+#include "engine/io/npy.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

@@ -1,4 +1,4 @@
-// engine/hdf5_io.h, the store behind `dynsim simulate` with simulation.format = "hdf5": round
+// engine/io/hdf5_io.h, the store behind `dynsim simulate` with simulation.format = "hdf5": round
 // trips of f32/f64/i32 at every rank (scalars, empty arrays, nested group paths), large arrays
 // through the chunked gzip layout, string attributes, and errors that name the file and dataset
 // and leave no file behind. Without HDF5 in the build, every call throws NotImplemented.
@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/hdf5_io.h"
+#include "engine/io/hdf5_io.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

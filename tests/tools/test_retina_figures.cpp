@@ -10,7 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "engine/config.h"
+#include "engine/io/config.h"
 #include "models/retina/figures.h"
 #include "tests/harness.h"
 

@@ -18,8 +18,8 @@
 #include <set>
 #include <sstream>
 
-#include "engine/checkpoint.h"
-#include "engine/device.h"
+#include "engine/io/checkpoint.h"
+#include "engine/core/device.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Exports a DynVision/PyTorch state dict (.pt) to safetensors for dynsim (engine/safetensors.h).
+"""Exports a DynVision/PyTorch state dict (.pt) to safetensors for dynsim (engine/io/safetensors.h).
 
 Usage: export_dynvision.py IN.pt OUT.safetensors [--weights-only]
 Accepts a plain state_dict or a Lightning checkpoint ({'state_dict': ...}; a 'model.' prefix shared

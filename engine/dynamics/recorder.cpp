@@ -1,5 +1,5 @@
-// Recorder and StabilityProbes (engine/dynamics/recorder.h): a run's recording and finiteness probes in
-// buffers on the context's device, read on the host once after the loop.
+// Recorder and StabilityProbes (engine/dynamics/recorder.h): a run's recording and finiteness
+// probes in buffers on the context's device, read on the host once after the loop.
 #include "engine/dynamics/recorder.h"
 
 #include <cmath>

@@ -3,14 +3,13 @@
 // the solver advances the state, ReLU and the supralinearity give r(t), r(t) goes into the
 // area's ring, and the pooled, delayed output goes on to the next area and the classifier
 // (spec §2.3, §4.3). Rings are sized from the graph; no allocation inside the step loop.
-// Staged solvers (engine/dynamics/solver.h) evaluate every area's drive at each stage instead: zero-delay
-// inputs read the source's stage value, delayed ones the source's history interpolated at the
-// stage time (cubic Hermite with stored slopes); the network starts from rest (zero history),
-// so every area is present from step 0 in that mode.
-// On a CUDA context everything lives on the device (parameters are copied there at the start of
-// every run, a host input sequence goes over once); the step loop has no host reads or syncs
-// and allocates nothing itself, and the recording is copied to the host once at the end
-// (engine/dynamics/recorder.h).
+// Staged solvers (engine/dynamics/solver.h) evaluate every area's drive at each stage instead:
+// zero-delay inputs read the source's stage value, delayed ones the source's history interpolated
+// at the stage time (cubic Hermite with stored slopes); the network starts from rest (zero
+// history), so every area is present from step 0 in that mode. On a CUDA context everything lives
+// on the device (parameters are copied there at the start of every run, a host input sequence goes
+// over once); the step loop has no host reads or syncs and allocates nothing itself, and the
+// recording is copied to the host once at the end (engine/dynamics/recorder.h).
 #pragma once
 #include <memory>
 #include <string>

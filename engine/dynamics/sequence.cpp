@@ -1,6 +1,6 @@
-// The input/label sequence pipeline (engine/dynamics/sequence.h): a plan per batch says, for each step,
-// which data frame is shown (or non_input_value) and which label applies (or non_label_index);
-// build_inputs / build_labels then apply it to the batch tensors.
+// The input/label sequence pipeline (engine/dynamics/sequence.h): a plan per batch says, for each
+// step, which data frame is shown (or non_input_value) and which label applies (or
+// non_label_index); build_inputs / build_labels then apply it to the batch tensors.
 #include "engine/dynamics/sequence.h"
 
 #include <algorithm>

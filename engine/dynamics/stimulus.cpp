@@ -7,8 +7,8 @@
 #include <cmath>
 #include <filesystem>
 
-#include "engine/io/npy.h"
 #include "engine/core/rng.h"
+#include "engine/io/npy.h"
 
 namespace dynsim::stim {
 

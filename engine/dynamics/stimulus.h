@@ -2,7 +2,8 @@
 // dataset-mean grey of DynVision's experiments, spec §9): sinusoidal gratings, full-field
 // flashes, Gaussian white noise (seeded, counter-based), natural images (PNG/JPEG via stb_image,
 // resized and normalised with the ImageNet mean/std) and user arrays (.npy). A stimulus is one
-// frame [C, H, W]; sequences come from engine/dynamics/sequence.h's schedules (contrast, onset, duration).
+// frame [C, H, W]; sequences come from engine/dynamics/sequence.h's schedules (contrast, onset,
+// duration).
 #pragma once
 #include <string>
 

@@ -1,5 +1,6 @@
-// DynVision's activity loss (reference/dynvision-spec.md; engine/autograd/bptt.cpp) on the device that
-// holds the activations. Per sample b of y [B, ...] with n = numel / B elements:
+// DynVision's activity loss (reference/dynvision-spec.md; engine/autograd/bptt_forward.cpp and
+// bptt_reverse.cpp) on the device that holds the activations. Per sample b of y [B, ...] with
+// n = numel / B elements:
 // s_b = sum_i y_bi (signed) or sum_i |y_bi| (absolute), in double; activity_accumulate adds
 // |s_b| / n to acc[b] (f64 [B] on y's device); activity_seed adds coef * d(|s_b| / n)/dy, i.e.
 // T(coef * sign / n) with sign = sign(y_bi) (absolute) or sign(s_b) (signed), to grad_y.

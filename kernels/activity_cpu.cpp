@@ -1,7 +1,8 @@
 // CPU twin of the activity loss (kernels/activity.h): per sample s = sum of y (signed) or |y|
 // (absolute), accumulated in double sequentially in index order; acc[b] += |s| / n, and the seed
-// grad_y += T(coef * sign / n). Bit for bit engine/autograd/bptt.cpp's host loops (add_activity,
-// seed_activity); samples run in parallel, each one's order stays sequential.
+// grad_y += T(coef * sign / n). Bit for bit the reverse mode's host loops (add_activity,
+// engine/autograd/bptt_forward.cpp; seed_activity, bptt_reverse.cpp); samples run in parallel,
+// each one's order stays sequential.
 #include "kernels/activity.h"
 #include "kernels/activity_math.h"
 

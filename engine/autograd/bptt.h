@@ -1,5 +1,5 @@
-// Reverse mode through time: the whole unrolled schedule of a Graph (engine/dynamics/scheduler.h) run
-// forward with a record of every component call (connection operator, drive sum, solver step,
+// Reverse mode through time: the whole unrolled schedule of a Graph (engine/dynamics/scheduler.h)
+// run forward with a record of every component call (connection operator, drive sum, solver step,
 // nonlinearity, pooling, readout), a loss over the logits of every real step, and a reverse
 // sweep that mirrors the forward (t = T-1 .. 0, areas in reverse), accumulating the gradient of
 // every trainable parameter. Delays need no special code: a value read d steps later passes its
@@ -52,9 +52,9 @@ struct BpttOptions {
   int tbptt = 0;   // detach the rings after every n-th real step (counting from 1); 0: never
   MemoryPolicy memory = MemoryPolicy::StoreAll;
   int checkpoint_every = 0;  // Checkpoint: steps per segment (>= 1)
-  // Exact fast path (the bits of the literal order, tests/engine/autograd/test_bptt.cpp): a built-in
-  // frozen solver's step (drive sum, leak step, ReLU, supralinearity) of an area whose drive
-  // terms are all additive (at most 8) is one node, ops::leak_tail_forward / _backward, which
+  // Exact fast path (the bits of the literal order, tests/engine/autograd/test_bptt.cpp): a
+  // built-in frozen solver's step (drive sum, leak step, ReLU, supralinearity) of an area whose
+  // drive terms are all additive (at most 8) is one node, ops::leak_tail_forward / _backward, which
   // stores only r (and x where the solver's memory or the stability check reads it) and
   // recomputes x in the reverse sweep. Off: the separate nodes. run.fast_paths is not read.
   bool fused_tail = true;

@@ -40,7 +40,7 @@ void require_bits(const Tensor& got, const Tensor& want, const std::string& what
   }
 }
 
-// The engine's host loop (engine/autograd/bptt.cpp add_activity), element by element.
+// The engine's host loop (engine/autograd/bptt_forward.cpp add_activity), element by element.
 void accumulate_reference(const Tensor& y, bool is_signed, Tensor& acc) {
   const int64_t B = y.dim(0), n = y.numel() / B;
   for (int64_t b = 0; b < B; ++b) {
@@ -53,7 +53,8 @@ void accumulate_reference(const Tensor& y, bool is_signed, Tensor& acc) {
   }
 }
 
-// The engine's host loop (engine/autograd/bptt.cpp seed_activity): grad += T(coef * sign / n).
+// The engine's host loop (engine/autograd/bptt_reverse.cpp seed_activity):
+// grad += T(coef * sign / n).
 template <class T>
 void seed_reference_t(const Tensor& y, double coef, bool is_signed, Tensor& grad) {
   const int64_t B = y.dim(0), n = y.numel() / B;

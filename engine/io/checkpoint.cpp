@@ -23,8 +23,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "engine/io/atomic_file.h"
 #include "engine/core/errors.h"
+#include "engine/io/atomic_file.h"
 #include "engine/io/safetensors.h"
 
 namespace dynsim {

@@ -4,11 +4,10 @@
 // threads, each with its own scratch slice; small images share one GEMM. f32 GEMMs use an
 // AVX2/FMA kernel chosen at run time, else Eigen. 1x1 stride-1 unpadded convs skip im2col;
 // depthwise convs run direct loops.
+// This file: argument checks, the Eigen GEMM dispatch, im2col / col2im, the GEMM path and the
+// entry points; the AVX2 GEMM is in conv2d_avx2_cpu.cpp, the depthwise loops in
+// conv2d_depthwise_cpu.cpp, what they share in conv2d_cpu_detail.h.
 #include <omp.h>
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -16,6 +15,7 @@
 #include <type_traits>
 
 #include "kernels/conv2d.h"
+#include "kernels/conv2d_cpu_detail.h"
 #include "kernels/conv2d_math.h"
 
 namespace dynsim {
@@ -64,16 +64,7 @@ namespace {
 
 using Index = Eigen::Index;
 
-// The problem, resolved once per call.
-struct Geom {
-  int64_t N, Cin, H, W, Cout, KH, KW, Ho, Wo;
-  int64_t G, Cg, Co;  // groups, input and output channels per group
-  int64_t K, P, HW;   // GEMM depth Cg*KH*KW, output pixels, input pixels
-  int64_t sh, sw, ph, pw;
-  PadMode mode;
-  bool pointwise;  // 1x1, stride 1, no padding: x itself is the column matrix
-  bool depthwise;  // one input channel per group: direct loops beat a K = KH*KW GEMM
-};
+using namespace conv2d_detail;  // Geom, the taps, team_size, avx2::, depthwise_*
 
 Geom geometry(const Conv2dParams& p, const Shape& xs, const Shape& ws, const Shape& ys) {
   Geom g;
@@ -96,178 +87,6 @@ class GemmBlocking : public Eigen::internal::level3_blocking<T, T> {
     this->m_blockA = a, this->m_blockB = b;
   }
 };
-
-// ---- f32 GEMM with AVX2/FMA, chosen at run time ---------------------------------------------
-// The default build targets baseline x86-64 (SSE2), where Eigen's kernels reach a quarter of
-// what AVX2+FMA does. This Goto-style GEMM compiles its packing and 6x16 micro-kernel for
-// AVX2+FMA via target attributes and runs only when the CPU has them; otherwise Eigen runs
-// (-DDYNSIM_CONV_NO_AVX2 forces Eigen, e.g. to compare).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && \
-    !defined(DYNSIM_CONV_NO_AVX2)
-#define DYNSIM_CONV_AVX2 1
-#endif
-
-namespace avx2 {
-constexpr int64_t MR = 6, NR = 16;  // micro-tile: 12 ymm accumulators
-constexpr int64_t KC = 256;         // depth block: a 6 x KC A-panel and KC x 16 B-panel fit L1
-constexpr int64_t MC = 120;         // A block (MC x KC) stays in L2
-constexpr int64_t NC = 2048;        // B block (KC x NC) stays in L2/L3
-
-bool available() {
-#ifdef DYNSIM_CONV_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-int64_t round_up(int64_t a, int64_t b) {
-  return (a + b - 1) / b * b;
-}
-size_t a_elems(int64_t M, int64_t K) {
-  return size_t(round_up(std::min(M, MC), MR) * std::min(K, KC));
-}
-size_t b_elems(int64_t N, int64_t K) {
-  return size_t(round_up(std::min(N, NC), NR) * std::min(K, KC));
-}
-
-#ifdef DYNSIM_CONV_AVX2
-// A (mc x kc, element (i, k) at a[i*rs + k*cs]) into MR-row panels, k-major, zero-padded.
-// Reads run along memory: along k for row-major A, along i for transposed A (dgrad's w^T).
-void pack_a(const float* a, int64_t rs, int64_t cs, int64_t mc, int64_t kc, float* dst) {
-  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
-    const int64_t mr = std::min(MR, mc - i0);
-    if (rs == 1 && mr == MR) {
-      for (int64_t k = 0; k < kc; ++k)
-        for (int64_t i = 0; i < MR; ++i) dst[k * MR + i] = a[k * cs + i0 + i];
-      continue;
-    }
-    for (int64_t i = 0; i < MR; ++i) {
-      const float* src = a + (i0 + i) * rs;
-      if (i >= mr) {
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = 0.f;
-      } else {
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = src[k * cs];
-      }
-    }
-  }
-}
-
-// 8x8 transpose: rows r[0..7] (8 floats each) become columns.
-__attribute__((target("avx2,fma"))) inline void transpose8(__m256 r[8]) {
-  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
-// B (kc x nc, element (k, j) at b[k*rs + j*cs]) into NR-column panels, k-major, zero-padded.
-// Row-major B copies 16-float rows; transposed B (rs == 1, wgrad's cols^T) goes through 8x8
-// register transposes.
-__attribute__((target("avx2,fma"))) void pack_b(const float* b, int64_t rs, int64_t cs, int64_t kc,
-                                                int64_t nc, float* dst) {
-  for (int64_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
-    const int64_t nr = std::min(NR, nc - j0);
-    int64_t k_done = 0;
-    if (cs == 1 && nr == NR) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const float* src = b + k * rs + j0;
-        _mm256_storeu_ps(dst + k * NR, _mm256_loadu_ps(src));
-        _mm256_storeu_ps(dst + k * NR + 8, _mm256_loadu_ps(src + 8));
-      }
-      k_done = kc;
-    } else if (rs == 1 && nr == NR) {
-      for (; k_done + 8 <= kc; k_done += 8)
-        for (int64_t h = 0; h < 2; ++h) {
-          __m256 r[8];
-          for (int64_t j = 0; j < 8; ++j)
-            r[j] = _mm256_loadu_ps(b + (j0 + h * 8 + j) * cs + k_done);
-          transpose8(r);
-          for (int64_t k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (k_done + k) * NR + h * 8, r[k]);
-        }
-    }
-    for (int64_t j = 0; j < NR; ++j) {
-      const float* src = b + (j0 + j) * cs;
-      if (j >= nr) {
-        for (int64_t k = k_done; k < kc; ++k) dst[k * NR + j] = 0.f;
-      } else {
-        for (int64_t k = k_done; k < kc; ++k) dst[k * NR + j] = src[k * rs];
-      }
-    }
-  }
-}
-
-// C (6 x 16 tile, row stride ldc) (+)= packed A panel * packed B panel over depth kc.
-__attribute__((target("avx2,fma"))) void kernel_6x16(int64_t kc, const float* a, const float* b,
-                                                     float* c, int64_t ldc, bool add) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
-    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    __m256 ai = _mm256_broadcast_ss(a + 0);
-    c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
-    ai = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
-    ai = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
-    ai = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
-    ai = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
-    ai = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
-  }
-  const __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
-                             {c30, c31}, {c40, c41}, {c50, c51}};
-  for (int64_t i = 0; i < MR; ++i) {
-    float* ci = c + i * ldc;
-    _mm256_storeu_ps(ci, add ? _mm256_add_ps(_mm256_loadu_ps(ci), acc[i][0]) : acc[i][0]);
-    _mm256_storeu_ps(ci + 8, add ? _mm256_add_ps(_mm256_loadu_ps(ci + 8), acc[i][1]) : acc[i][1]);
-  }
-}
-
-// C (M x N, row stride ldc) (+)= A * B with A (i, k) at a[i*a_rs + k*a_cs] and B (k, j) at
-// b[k*b_rs + j*b_cs]; pa and pb hold a_elems(M, K) and b_elems(N, K) floats.
-void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_cs,
-          const float* b, int64_t b_rs, int64_t b_cs, float* c, int64_t ldc, float* pa, float* pb,
-          bool overwrite) {
-  for (int64_t jc = 0; jc < N; jc += NC) {
-    const int64_t nc = std::min(NC, N - jc);
-    for (int64_t pc = 0; pc < K; pc += KC) {
-      const int64_t kc = std::min(KC, K - pc);
-      const bool add = pc > 0 || !overwrite;  // the first depth block overwrites if asked
-      pack_b(b + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, pb);
-      for (int64_t ic = 0; ic < M; ic += MC) {
-        const int64_t mc = std::min(MC, M - ic);
-        pack_a(a + ic * a_rs + pc * a_cs, a_rs, a_cs, mc, kc, pa);
-        for (int64_t jr = 0; jr < nc; jr += NR)
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            float* ct = c + (ic + ir) * ldc + jc + jr;
-            const int64_t mr = std::min(MR, mc - ir), nr = std::min(NR, nc - jr);
-            if (mr == MR && nr == NR) {
-              kernel_6x16(kc, pa + ir * kc, pb + jr * kc, ct, ldc, add);
-            } else {  // edge tile: through a zeroed buffer
-              alignas(32) float tile[MR * NR] = {};
-              kernel_6x16(kc, pa + ir * kc, pb + jr * kc, tile, NR, false);
-              for (int64_t i = 0; i < mr; ++i)
-                for (int64_t j = 0; j < nr; ++j)
-                  ct[i * ldc + j] = add ? ct[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
-            }
-          }
-      }
-    }
-  }
-}
-#endif
-}  // namespace avx2
 
 // Cache blocking of C (M x N) += A (M x K) * B (K x N) and the packing space it needs. Eigen
 // runs the row-major product as C^T = B^T A^T in column-major terms, hence rows N, columns M.
@@ -314,46 +133,6 @@ void gemm(const GemmPlan& pl, T* block_a, T* block_b, int64_t M, int64_t N, int6
   Eigen::internal::general_matrix_matrix_product<Index, T, AOrder, false, T, BOrder, false,
                                                  Eigen::RowMajor, 1>::run(M, N, K, A, lda, B, ldb,
                                                                           C, 1, ldc, T(1), bl);
-}
-
-// Output columns [lo, hi) of kernel column kw read input column o*sw + off inside the row; the
-// others read padding. Computed once per kernel column (it costs two divisions).
-struct ColTaps {
-  int64_t lo, hi, off;
-};
-inline ColTaps col_taps(const Geom& g, int64_t kw) {
-  ColTaps c;
-  conv::interior_range(g.W, g.Wo, g.sw, g.pw, kw, c.lo, c.hi);
-  c.off = kw - g.pw;
-  return c;
-}
-// The taps of output row oh for kernel offset (kh, kw): input row ih (-1: zero padding).
-struct RowTaps : ColTaps {
-  int64_t ih;
-};
-inline RowTaps row_taps(const Geom& g, int64_t oh, int64_t kh, const ColTaps& c) {
-  RowTaps r;
-  static_cast<ColTaps&>(r) = c;
-  r.ih = conv::pad_index(oh * g.sh - g.ph + kh, g.H, g.mode);
-  return r;
-}
-
-// Calls edge(o, i) for the padded output columns of a row (i = -1 for a zero).
-template <class F>
-inline void for_each_edge(const Geom& g, const RowTaps& r, F&& edge) {
-  for (int64_t o = 0; o < r.lo; ++o) edge(o, conv::pad_index(o * g.sw + r.off, g.W, g.mode));
-  for (int64_t o = r.hi; o < g.Wo; ++o) edge(o, conv::pad_index(o * g.sw + r.off, g.W, g.mode));
-}
-
-// Calls f(o, i) for the interior output columns of a row; the unit-stride case is spelled out
-// so that the compiler sees contiguous indices and vectorizes.
-template <class F>
-inline void for_each_interior(const Geom& g, const RowTaps& r, F&& f) {
-  if (g.sw == 1) {
-    for (int64_t o = r.lo; o < r.hi; ++o) f(o, o + r.off);
-  } else {
-    for (int64_t o = r.lo; o < r.hi; ++o) f(o, o * g.sw + r.off);
-  }
 }
 
 // cols [K, P] (row stride ld) <- the patches of x [Cg, H, W].
@@ -432,109 +211,11 @@ void col2im_add(const Geom& g, const T* cols, int64_t ld, T* x) {
       }
 }
 
-// Threads for a problem of `flops` multiply-adds split into `tasks` independent pieces.
-int team_size(const Context& c, int64_t tasks, double flops) {
-  if (flops < double(1 << 18)) return 1;
-  return int(std::max<int64_t>(1, std::min<int64_t>(c.threads(), tasks)));
-}
-
 // Elements rounded up to 64 bytes so every slice of the scratch buffer stays aligned.
 template <class T>
 size_t aligned_elems(size_t n) {
   const size_t per = 64 / sizeof(T);
   return (n + per - 1) / per * per;
-}
-
-// ---- depthwise (one input channel per group): direct loops -------------------------------
-
-// y[n, co] = b[co] + sum_taps w[co] * x[n, co / mult]; parallel over output planes.
-template <class T>
-void depthwise_forward(const Context& c, const Geom& g, const T* x, const T* w, const T* b, T* y) {
-  const int64_t mult = g.Co, planes = g.N * g.Cout;
-  const int nt = team_size(c, planes, double(planes) * g.P * g.KH * g.KW);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (int64_t q = 0; q < planes; ++q) {
-    const int64_t n = q / g.Cout, co = q % g.Cout;
-    T* yp = y + q * g.P;
-    const T* xp = x + (n * g.Cin + co / mult) * g.HW;
-    std::fill(yp, yp + g.P, b ? b[co] : T(0));
-    for (int64_t kh = 0; kh < g.KH; ++kh)
-      for (int64_t kw = 0; kw < g.KW; ++kw) {
-        const ColTaps ct = col_taps(g, kw);
-        const T wv = w[(co * g.KH + kh) * g.KW + kw];
-        for (int64_t oh = 0; oh < g.Ho; ++oh) {
-          const RowTaps r = row_taps(g, oh, kh, ct);
-          if (r.ih < 0) continue;
-          const T* s = xp + r.ih * g.W;
-          T* yr = yp + oh * g.Wo;
-          for_each_edge(g, r, [&](int64_t o, int64_t i) {
-            if (i >= 0) yr[o] += wv * s[i];
-          });
-          for_each_interior(g, r, [&](int64_t o, int64_t i) { yr[o] += wv * s[i]; });
-        }
-      }
-  }
-}
-
-// grad_x[n, ci] (+)= sum over its mult output channels of w * grad_y, scattered; parallel over
-// input planes so that no two threads write the same plane.
-template <class T>
-void depthwise_dgrad(const Context& c, const Geom& g, const T* gy, const T* w, T* gx, GradMode m) {
-  const int64_t mult = g.Co, planes = g.N * g.Cin;
-  const int nt = team_size(c, planes, double(planes) * mult * g.P * g.KH * g.KW);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (int64_t q = 0; q < planes; ++q) {
-    const int64_t n = q / g.Cin, ci = q % g.Cin;
-    T* xp = gx + q * g.HW;
-    if (m == GradMode::Overwrite) std::fill(xp, xp + g.HW, T(0));
-    for (int64_t co = ci * mult; co < (ci + 1) * mult; ++co) {
-      const T* gp = gy + (n * g.Cout + co) * g.P;
-      for (int64_t kh = 0; kh < g.KH; ++kh)
-        for (int64_t kw = 0; kw < g.KW; ++kw) {
-          const ColTaps ct = col_taps(g, kw);
-          const T wv = w[(co * g.KH + kh) * g.KW + kw];
-          for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            const RowTaps r = row_taps(g, oh, kh, ct);
-            if (r.ih < 0) continue;
-            T* s = xp + r.ih * g.W;
-            const T* gr = gp + oh * g.Wo;
-            for_each_edge(g, r, [&](int64_t o, int64_t i) {
-              if (i >= 0) s[i] += wv * gr[o];
-            });
-            for_each_interior(g, r, [&](int64_t o, int64_t i) { s[i] += wv * gr[o]; });
-          }
-        }
-    }
-  }
-}
-
-// grad_w[co, tap] (+)= sum over images and pixels of grad_y * x; parallel over output channels.
-template <class T>
-void depthwise_wgrad(const Context& c, const Geom& g, const T* gy, const T* x, T* gw, GradMode m) {
-  const int64_t mult = g.Co;
-  const int nt = team_size(c, g.Cout, double(g.N) * g.Cout * g.P * g.KH * g.KW);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (int64_t co = 0; co < g.Cout; ++co)
-    for (int64_t kh = 0; kh < g.KH; ++kh)
-      for (int64_t kw = 0; kw < g.KW; ++kw) {
-        const ColTaps ct = col_taps(g, kw);
-        T acc = 0;
-        for (int64_t n = 0; n < g.N; ++n) {
-          const T* gp = gy + (n * g.Cout + co) * g.P;
-          const T* xp = x + (n * g.Cin + co / mult) * g.HW;
-          for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            const RowTaps r = row_taps(g, oh, kh, ct);
-            if (r.ih < 0) continue;
-            const T* s = xp + r.ih * g.W;
-            const T* gr = gp + oh * g.Wo;
-            for_each_edge(g, r, [&](int64_t o, int64_t i) {
-              if (i >= 0) acc += gr[o] * s[i];
-            });
-            for_each_interior(g, r, [&](int64_t o, int64_t i) { acc += gr[o] * s[i]; });
-          }
-        }
-        write_grad(gw[(co * g.KH + kh) * g.KW + kw], acc, m);
-      }
 }
 
 // ---- the GEMM path ------------------------------------------------------------------------

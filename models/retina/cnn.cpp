@@ -9,8 +9,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "engine/io/atomic_file.h"
 #include "engine/core/rng.h"
+#include "engine/io/atomic_file.h"
 #include "engine/io/safetensors.h"
 #include "kernels/dispatch.h"
 

@@ -7,8 +7,8 @@
 #include <cstring>
 #include <limits>
 
-#include "engine/optim/optimizer.h"
 #include "engine/core/rng.h"
+#include "engine/optim/optimizer.h"
 #include "kernels/op_common.h"
 #include "models/retina/cnn.h"
 

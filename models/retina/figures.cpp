@@ -11,8 +11,8 @@
 #include <chrono>
 #include <filesystem>
 
-#include "engine/io/atomic_file.h"
 #include "engine/core/errors.h"
+#include "engine/io/atomic_file.h"
 #include "models/retina/pipeline.h"
 
 extern char** environ;

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/io/config.h"
 #include "engine/core/tensor.h"
+#include "engine/io/config.h"
 #include "models/retina/pipeline.h"
 
 namespace dynsim::retina::figdetail {

@@ -13,8 +13,8 @@
 #include <functional>
 #include <iterator>
 
-#include "engine/io/atomic_file.h"
 #include "engine/core/errors.h"
+#include "engine/io/atomic_file.h"
 #include "engine/io/npy.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"

@@ -9,8 +9,8 @@
 #include <filesystem>
 
 #include "engine/core/errors.h"
-#include "engine/io/npy.h"
 #include "engine/core/rng.h"
+#include "engine/io/npy.h"
 #include "models/retina/generator.h"
 #include "models/retina/generator_detail.h"
 #include "models/retina/generator_math.h"

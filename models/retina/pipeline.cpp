@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <limits>
 
-#include "engine/io/atomic_file.h"
 #include "engine/core/errors.h"
+#include "engine/io/atomic_file.h"
 #include "engine/io/npy.h"
 #include "models/retina/generator_detail.h"
 

@@ -1,6 +1,6 @@
-// Reverse mode through time (engine/autograd/bptt.h) on the CPU, per memory policy (store-all, checkpoint
-// every k steps): the bytes of the planned pools, the peak resident-memory increase of one
-// training step (forward + loss + reverse sweep), the median train-step and forward-only times,
+// Reverse mode through time (engine/autograd/bptt.h) on the CPU, per memory policy (store-all,
+// checkpoint every k steps): the bytes of the planned pools, the peak resident-memory increase of
+// one training step (forward + loss + reverse sweep), the median train-step and forward-only times,
 // and whether the gradients equal store-all's bitwise. Each policy runs in a fresh child process
 // so that neither the allocator's free lists nor the peak-RSS counter carry over between policies.
 // Usage: bptt_bench [--preset P] [--size HW] [--batch B] [--steps T] [--threads N] [--repeats R]

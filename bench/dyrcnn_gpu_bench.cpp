@@ -1,20 +1,19 @@
 // DyRCNNx4 on a CUDA device: the forward simulation (Scheduler::run, layer recording) at 64x64
 // and 224x224, batch 64, T = 20 real steps, per precision mode (fp32 = TF32 off; tf32 = cuDNN
 // and cuBLAS may use TF32 tensor ops; bf16 = bf16 storage of the input, parameters and
-// activations with f32 math, TF32 off: the run's dtype, engine/dynamics/scheduler.h), then a training step
-// per precision (Bptt: forward + CE loss + reverse sweep, no optimiser update; store-all up to
-// 128x128, checkpoint every 5 steps above; bf16: the tape in bf16, f32 parameters and gradients).
-// Per row: median ms per run and per step, steps/s and image-steps/s over R runs after one
-// warm-up (host clock around a run; Scheduler::run returns after its final copy to the host, so
-// the GPU work is included), and the peak device memory the engine allocated (device_memory():
-// tensors and scratch, without the CUDA context or library internals) next to cudaMemGetInfo's
-// used bytes. One JSON line per row with --json FILE.
-// fp32 also gets a "forward+graph" row: the same run with RunOptions::cuda_graph (the step loop
-// captured once and replayed; two untimed runs first: the warm-up and the capture), whose note
-// says whether its recording has the bits of the plain forward's.
-// Without a CUDA device (or in a build without CUDA) it says so and exits 0; exit 70 when a row
-// that should run failed.
-// Usage: dyrcnn_gpu_bench [--sizes 64,224] [--batch 64] [--steps 20] [--repeats 5]
+// activations with f32 math, TF32 off: the run's dtype, engine/dynamics/scheduler.h), then a
+// training step per precision (Bptt: forward + CE loss + reverse sweep, no optimiser update;
+// store-all up to 128x128, checkpoint every 5 steps above; bf16: the tape in bf16, f32 parameters
+// and gradients). Per row: median ms per run and per step, steps/s and image-steps/s over R runs
+// after one warm-up (host clock around a run; Scheduler::run returns after its final copy to the
+// host, so the GPU work is included), and the peak device memory the engine allocated
+// (device_memory(): tensors and scratch, without the CUDA context or library internals) next to
+// cudaMemGetInfo's used bytes. One JSON line per row with --json FILE. fp32 also gets a
+// "forward+graph" row: the same run with RunOptions::cuda_graph (the step loop captured once and
+// replayed; two untimed runs first: the warm-up and the capture), whose note says whether its
+// recording has the bits of the plain forward's. Without a CUDA device (or in a build without CUDA)
+// it says so and exits 0; exit 70 when a row that should run failed. Usage: dyrcnn_gpu_bench
+// [--sizes 64,224] [--batch 64] [--steps 20] [--repeats 5]
 //                         [--solver euler] [--precisions fp32,tf32,bf16] [--no-train] [--json F]
 #include <algorithm>
 #include <chrono>
@@ -27,8 +26,8 @@
 #include "bench/bench_common.h"
 #include "engine/autograd/bptt.h"
 #include "engine/core/device.h"
-#include "models/dyrcnn/dyrcnn.h"
 #include "kernels/dispatch.h"
+#include "models/dyrcnn/dyrcnn.h"
 
 using namespace dynsim;
 

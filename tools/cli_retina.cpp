@@ -9,8 +9,8 @@
 #include <iostream>
 #include <memory>
 
-#include "engine/io/atomic_file.h"
 #include "engine/core/errors.h"
+#include "engine/io/atomic_file.h"
 #include "models/retina/figures.h"
 #include "models/retina/pipeline.h"
 

@@ -1,5 +1,5 @@
-// CUDA graph capture and replay (engine/core/cuda_graph.h). Like engine/core/device.cpp, this file is
-// compiled with and without the CUDA backend and switches on DYNSIM_WITH_CUDA.
+// CUDA graph capture and replay (engine/core/cuda_graph.h). Like engine/core/device.cpp, this file
+// is compiled with and without the CUDA backend and switches on DYNSIM_WITH_CUDA.
 #include "engine/core/cuda_graph.h"
 
 #include <utility>

@@ -3,12 +3,12 @@
 
 #include <cmath>
 
-#include "engine/io/safetensors.h"
 #include "engine/dynamics/sequence.h"
 #include "engine/dynamics/stimulus.h"
-#include "models/dyrcnn/dyrcnn.h"
+#include "engine/io/safetensors.h"
 #include "models/common/init.h"
 #include "models/common/weights.h"
+#include "models/dyrcnn/dyrcnn.h"
 
 namespace dynsim::models {
 namespace {

@@ -2,9 +2,9 @@
 // that turn a validated Config into a Graph (a DyRCNN preset or a custom graph of [[area]] and
 // [[connection]] tables), run options and the stimulus batch.
 #pragma once
-#include "engine/io/config.h"
 #include "engine/dynamics/graph.h"
 #include "engine/dynamics/scheduler.h"
+#include "engine/io/config.h"
 
 namespace dynsim::models {
 

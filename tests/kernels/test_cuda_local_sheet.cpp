@@ -1,8 +1,8 @@
 // CUDA twins behind DynVision's local / localdepthwise recurrence (gpu suite): the four
 // cortical-sheet gathers (kernels/local_sheet_cuda.cu), reflect padding (kernels/pad_cuda.cu)
 // and the reflect-padded cuDNN conv (kernels/conv2d_cudnn.cpp), and the whole Local /
-// LocalDepthwise operator (engine/dynamics/operators.h), each against the CPU: f32 within 1e-5 and f64
-// within 1e-10 of the largest CPU value, outputs and every gradient in both write modes; the
+// LocalDepthwise operator (engine/dynamics/operators.h), each against the CPU: f32 within 1e-5 and
+// f64 within 1e-10 of the largest CPU value, outputs and every gradient in both write modes; the
 // gathers and the padding bit for bit; run-to-run determinism; no device allocation once warm.
 // Without a device the gpu suite is Skipped (tests/main.cpp). On the CPU: the tables the device
 // cache is keyed on depend on (C, H, W) alone, and the twins reject host tensors by name.

@@ -18,8 +18,8 @@
 #include <set>
 #include <sstream>
 
-#include "engine/io/checkpoint.h"
 #include "engine/core/device.h"
+#include "engine/io/checkpoint.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

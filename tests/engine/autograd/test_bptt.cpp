@@ -15,8 +15,8 @@
 #include <tuple>
 
 #include "engine/autograd/bptt.h"
-#include "engine/optim/optimizer.h"
 #include "engine/dynamics/scheduler.h"
+#include "engine/optim/optimizer.h"
 #include "models/dyrcnn/dyrcnn.h"
 #include "tests/engine/dynamics/scheduler_cases.h"
 #include "tests/harness.h"

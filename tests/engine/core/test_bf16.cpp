@@ -14,9 +14,9 @@
 
 #include "engine/autograd/bptt.h"
 #include "engine/core/device.h"
+#include "engine/dynamics/scheduler.h"
 #include "engine/io/npy.h"
 #include "engine/io/safetensors.h"
-#include "engine/dynamics/scheduler.h"
 #include "kernels/dispatch.h"
 #include "models/dyrcnn/dyrcnn.h"
 #include "tests/engine/dynamics/scheduler_cases.h"

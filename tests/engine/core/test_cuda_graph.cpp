@@ -9,12 +9,12 @@
 #include <cmath>
 #include <cstring>
 
-#include "engine/io/config.h"
 #include "engine/core/cuda_graph.h"
 #include "engine/core/device.h"
 #include "engine/dynamics/scheduler.h"
-#include "models/dyrcnn/dyrcnn.h"
+#include "engine/io/config.h"
 #include "models/config/sim_config.h"
+#include "models/dyrcnn/dyrcnn.h"
 #include "tests/engine/dynamics/scheduler_cases.h"
 #include "tests/harness.h"
 

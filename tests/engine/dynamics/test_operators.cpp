@@ -1,6 +1,7 @@
-// Connection operators (engine/dynamics/operators.h): f64 gradient checks of OperatorRunner::backward
-// for every operator form, through resizes and the input / middle entry points, and of every
-// parameter; DynVision's self-recurrence bias gets no gradient while it is zero.
+// Connection operators (engine/dynamics/operators.h): f64 gradient checks of
+// OperatorRunner::backward for every operator form, through resizes and the input / middle entry
+// points, and of every parameter; DynVision's self-recurrence bias gets no gradient while it is
+// zero.
 #include "engine/dynamics/operators.h"
 #include "kernels/dispatch.h"
 #include "tests/harness.h"

@@ -5,8 +5,8 @@
 #include <cmath>
 
 #include "engine/dynamics/scheduler.h"
-#include "models/config/sim_config.h"
 #include "kernels/dispatch.h"
+#include "models/config/sim_config.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

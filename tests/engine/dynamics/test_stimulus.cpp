@@ -5,8 +5,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/io/npy.h"
 #include "engine/dynamics/stimulus.h"
+#include "engine/io/npy.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

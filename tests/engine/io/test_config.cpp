@@ -8,8 +8,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "engine/io/config.h"
 #include "engine/core/errors.h"
+#include "engine/io/config.h"
 
 using namespace dynsim;
 namespace fs = std::filesystem;

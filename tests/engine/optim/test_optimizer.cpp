@@ -1,5 +1,5 @@
-// Optimisers (engine/optim/optimizer.h, kernels/optim.h): exact updates on hand-computed dyadic cases,
-// multi-step agreement with a plain-loop transcription of torch's formulas, per-group lr
+// Optimisers (engine/optim/optimizer.h, kernels/optim.h): exact updates on hand-computed dyadic
+// cases, multi-step agreement with a plain-loop transcription of torch's formulas, per-group lr
 // factors, frozen parameters, gradient clipping, the cosine schedule, state round trips, bad
 // arguments and agreement with torch.optim.SGD / Adam / AdamW (torch suite).
 #include <cmath>

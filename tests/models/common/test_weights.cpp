@@ -1,6 +1,6 @@
-// Weight interchange (models/common/weights.h): export_weights then import_weights into a graph built
-// with another seed restores every parameter bit for bit and the simulation's logits and rates;
-// DynVision's alias keys and buffers are ignored; wrong shapes, unknown and missing keys are
+// Weight interchange (models/common/weights.h): export_weights then import_weights into a graph
+// built with another seed restores every parameter bit for bit and the simulation's logits and
+// rates; DynVision's alias keys and buffers are ignored; wrong shapes, unknown and missing keys are
 // errors naming the key (and both shapes). Torch suite: a DynVision-style state dict made by
 // torch (tests/python/torch_ref_weights.py), converted by tools/python/export_dynvision.py,
 // imports with every value intact, in-process and through `dynsim simulate --weights`.
@@ -10,13 +10,13 @@
 #include <filesystem>
 #include <set>
 
+#include "engine/dynamics/scheduler.h"
 #include "engine/io/config.h"
 #include "engine/io/npy.h"
 #include "engine/io/safetensors.h"
-#include "engine/dynamics/scheduler.h"
-#include "models/dyrcnn/dyrcnn.h"
-#include "models/config/sim_config.h"
 #include "models/common/weights.h"
+#include "models/config/sim_config.h"
+#include "models/dyrcnn/dyrcnn.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

@@ -10,10 +10,10 @@
 #include <set>
 
 #include "engine/dynamics/scheduler.h"
-#include "kernels/dispatch.h"
 #include "engine/io/safetensors.h"
-#include "models/dyrcnn/dyrcnn.h"
+#include "kernels/dispatch.h"
 #include "models/common/weights.h"
+#include "models/dyrcnn/dyrcnn.h"
 #include "tests/harness.h"
 
 using namespace dynsim;

@@ -22,8 +22,9 @@ LAYERS = {
     "engine/autograd": ["engine/autograd", "engine/dynamics", "kernels", "engine/io",
                         "engine/core"],
     "engine/optim": ["engine/optim", "kernels", "engine/core"],
-    "models": ["models", "engine/autograd", "engine/optim", "engine/dynamics", "kernels",
-               "engine/io", "engine/core"],
+    "engine/scan": ["engine/scan", "engine/io", "engine/core"],
+    "models": ["models", "engine/scan", "engine/autograd", "engine/optim", "engine/dynamics",
+               "kernels", "engine/io", "engine/core"],
 }
 # Folders outside the library: they may include every layer, and no layer may include them.
 APPS = ["tools", "tests", "bench"]

@@ -7,6 +7,7 @@
 #include "engine/core/errors.h"
 #include "tools/cli_info.h"
 #include "tools/cli_retina.h"
+#include "tools/cli_scan.h"
 #include "tools/cli_simulate.h"
 #include "tools/cli_train.h"
 
@@ -90,6 +91,7 @@ int main(int argc, char** argv) {
   eval->add_flag("--quiet,-q", ev.quiet, "no summary");
 
   dynsim::cli::RetinaArgs* retina = dynsim::cli::add_retina(app);
+  dynsim::cli::ScanArgs* scan = dynsim::cli::add_scan(app);
 
   try {
     app.parse(argc, argv);
@@ -109,6 +111,7 @@ int main(int argc, char** argv) {
     if (train->parsed()) return dynsim::cli::run_train(tr);
     if (eval->parsed()) return dynsim::cli::run_eval(ev);
     if (dynsim::cli::retina_parsed(retina)) return dynsim::cli::run_retina(*retina);
+    if (dynsim::cli::scan_parsed(scan)) return dynsim::cli::run_scan(*scan);
   } catch (const dynsim::Error& e) {
     std::cerr << "dynsim: error: " << e.what() << "\n";
     return int(e.code());

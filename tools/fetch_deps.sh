@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 dir="${1:-.deps}"
 mkdir -p "$dir/debs" "$dir/root"
 pkgs=(libeigen3-dev doctest-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libstb-dev
-      zlib1g-dev)
+      zlib1g-dev libxxhash-dev)
 (cd "$dir/debs" && apt-get download "${pkgs[@]}")
 for f in "$dir"/debs/*.deb; do dpkg -x "$f" "$dir/root"; done
 echo "fetch_deps: ${#pkgs[@]} packages unpacked under $dir/root"

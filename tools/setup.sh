@@ -10,7 +10,7 @@ set -euo pipefail
 # response traces uses numpy + matplotlib under /usr/bin/python3; python3-skimage ships the CC0
 # natural images of the retina generator and figure F7.
 pkgs=(cmake make g++ libeigen3-dev doctest-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
-      libstb-dev libhdf5-dev zlib1g-dev python3-numpy python3-matplotlib python3-skimage)
+      libstb-dev libhdf5-dev zlib1g-dev libxxhash-dev python3-numpy python3-matplotlib python3-skimage)
 if [[ "${1:-}" == "--tests" ]]; then
   pkgs+=(python3-torch python3-h5py dataset-fashion-mnist)
 fi

@@ -11,7 +11,6 @@
 #include "engine/core/errors.h"
 #include "engine/io/atomic_file.h"
 #include "engine/scan/scan.h"
-#include "engine/scan/scan_detail.h"
 
 namespace dynsim::scan {
 namespace fs = std::filesystem;
@@ -179,7 +178,13 @@ std::pair<int64_t, int64_t> slurm_shard() {
   if (!id || !count) return {-1, 0};
   const char* min = std::getenv("SLURM_ARRAY_TASK_MIN");
   const std::string text = concat(std::atoll(id) - (min ? std::atoll(min) : 0), "/", count);
-  return parse_shard(text);
+  try {
+    return parse_shard(text);
+  } catch (const UsageError&) {
+    throw UsageError(concat("SLURM_ARRAY_TASK_ID=", id, ", SLURM_ARRAY_TASK_MIN=",
+                            min ? min : "(unset)", ", SLURM_ARRAY_TASK_COUNT=", count,
+                            " give no shard i/n with 0 <= i < n; pass --shard i/n"));
+  }
 }
 
 std::vector<int64_t> shard_indices(int64_t count, int64_t i, int64_t n) {

@@ -41,11 +41,16 @@ void linear_forward(Context& c, const Tensor& x, const Tensor& w, const Tensor& 
     const Dims d = check_inputs(op, x, w);
     check_arg(op, "y", y, x, Shape{d.n, d.out});
     if (b.defined()) check_arg(op, "b", b, x, Shape{d.out});
-    Mat<T> Y(y.data<T>(), d.n, d.out);
+    // One product per row: a sample's logits do not depend on the other samples in the batch
+    // (a batched GEMM blocks the sum differently from the GEMV of a batch of one), so a scan's
+    // runs packed into one batch give the bits they give alone (engine/scan/README.md).
     // noalias: y is a separate output (aliasing x or w is not supported).
-    Y.noalias() =
-        ConstMat<T>(x.data<T>(), d.n, d.in) * ConstMat<T>(w.data<T>(), d.out, d.in).transpose();
-    if (b.defined()) Y.rowwise() += ConstVec<T>(b.data<T>(), d.out).transpose();
+    const ConstMat<T> W(w.data<T>(), d.out, d.in);
+    for (int64_t i = 0; i < d.n; ++i) {
+      Mat<T> Y(y.data<T>() + i * d.out, 1, d.out);
+      Y.noalias() = ConstMat<T>(x.data<T>() + i * d.in, 1, d.in) * W.transpose();
+      if (b.defined()) Y.rowwise() += ConstVec<T>(b.data<T>(), d.out).transpose();
+    }
   });
 }
 

@@ -74,6 +74,31 @@ std::string toml_text(const nlohmann::json& j) {
 }  // namespace detail
 
 namespace {
+nlohmann::json without_nulls(const nlohmann::json& j) {
+  if (j.is_object()) {
+    nlohmann::json o = nlohmann::json::object();
+    for (const auto& [k, v] : j.items())
+      if (!v.is_null()) o[k] = without_nulls(v);
+    return o;
+  }
+  if (j.is_array()) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& v : j) a.push_back(without_nulls(v));
+    return a;
+  }
+  return j;
+}
+}  // namespace
+
+std::string config_toml(const nlohmann::json& config) {
+  std::string out;
+  const nlohmann::json c = without_nulls(config);  // kept alive for the loop
+  for (const auto& [k, v] : c.items())
+    out += concat(nlohmann::json(k).dump(), " = ", detail::toml_text(v), "\n");
+  return out;
+}
+
+namespace {
 
 using detail::where;
 

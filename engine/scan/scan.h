@@ -72,6 +72,10 @@ std::vector<Run> expand(const Grid& g, const Validators& validators);
 // axes) atomically; the same grid gives byte-identical files.
 void write_manifest(const std::string& dir, const Grid& g, const std::vector<Run>& runs);
 
+// A manifest run's config as TOML text that Config::parse reads back to the same config (one
+// inline table per section; nulls, i.e. absent optional keys, left out).
+std::string config_toml(const nlohmann::json& config);
+
 // Manifest lines read back (DataError for a malformed line, with its number).
 std::vector<nlohmann::json> read_manifest(const std::string& dir);
 

@@ -1,14 +1,30 @@
-// The run kinds a scan grid may name (scan.kind) and their validators (engine/scan/scan.h):
-// `simulate` (the `dynsim simulate` schema) and `train` (the `dynsim train` schema). Each
-// validator loads the base config with the run's overrides, builds the model's graph (so
+// The run kinds a scan grid may name (scan.kind): their validators (engine/scan/scan.h) and
+// executors (engine/scan/runner.h).
+//
+// Validators: each loads the base config with the run's overrides, builds the model's graph (so
 // semantic errors such as an unknown area surface at expand time), and returns the effective
 // config as JSON with the output folder blanked: where a run writes is the scan's business and
 // not part of its identity (the run id).
+//
+// Executors:
+// - `simulate` writes what `dynsim simulate` writes (the arrays, config.json/.toml,
+//   summary.json without the wall time, which goes to the run's DONE) into the run's folder; its
+//   result row is the batch, the steps and each area's onset/peak latencies. Runs whose configs
+//   differ only in what the engine varies per sample (the stimulus section, simulation.batch,
+//   dynamics.tau, dynamics.tau_per_sample, an [[area]]'s tau) and whose weights come out equal
+//   are packed into one Scheduler batch: the stimuli stacked along the batch, each area's tau per
+//   sample; each run's outputs are then cut out of the batch and are bit for bit those of
+//   running it alone (tests/models/test_scan_pack.cpp). --pack auto fits the group into half of
+//   the free memory (the CUDA device's when the runs go there, else the host's).
+// - `train` runs `dynsim train` with its output in the run's folder (runs/<id>.tmp/train); a stop
+//   signal checkpoints it, and the next `scan run` resumes from that checkpoint. Never packed.
 #pragma once
+#include "engine/scan/runner.h"
 #include "engine/scan/scan.h"
 
 namespace dynsim::models {
 
 const scan::Validators& scan_validators();
+const scan::Executors& scan_executors();
 
 }  // namespace dynsim::models

@@ -1,0 +1,218 @@
+// The executors of scan runs (models/scan/scan_kinds.h): simulate (packed into one batch where
+// the configs allow) and train.
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/core/device.h"
+#include "models/config/sim_config.h"
+#include "models/scan/scan_kinds.h"
+#include "models/simulate/simulate.h"
+#include "models/train/trainer.h"
+
+namespace dynsim::models {
+namespace fs = std::filesystem;
+
+namespace {
+
+Config run_config(const scan::Job& j, const ConfigSchema& schema) {
+  return Config::parse(scan::config_toml(j.config), concat("scan run ", j.index, " (", j.run_id, ")"),
+                       schema, {});
+}
+
+// The config without what the engine varies per sample in one batch.
+std::string simulate_pack_key(const nlohmann::json& config) {
+  nlohmann::json c = config;
+  c.erase("stimulus");
+  if (c.contains("simulation")) c["simulation"].erase("batch"), c["simulation"].erase("output");
+  if (c.contains("dynamics")) c["dynamics"].erase("tau"), c["dynamics"].erase("tau_per_sample");
+  if (c.contains("area") && c["area"].is_array())
+    for (auto& a : c["area"]) a.erase("tau");
+  return scan::canonical(c);
+}
+
+// Bytes one run needs while it runs, roughly: its samples' states, histories and stage buffers
+// (64 copies of every area), what it records, and its stimulus.
+int64_t run_bytes(const Config& cfg, const Graph& g, const Tensor& input) {
+  const int64_t B = input.dim(0), T = input.dim(1);
+  const RunOptions ro = run_options(cfg);
+  int64_t per_sample = 0, recorded = 0;
+  for (const Area& a : g.areas) {
+    const int64_t n = a.channels * a.height * a.width;
+    per_sample += 64 * n * 4;
+    recorded += ro.record == RecordMode::Full ? T * n * 4 : ro.record == RecordMode::Layer ? T * 8 : 0;
+  }
+  return B * (per_sample + recorded) + int64_t(input.nbytes());
+}
+
+int64_t host_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return int64_t(4) << 30;
+}
+
+bool params_equal(const Graph& a, const Graph& b) {
+  const auto& ea = a.params.entries();
+  const auto& eb = b.params.entries();
+  if (ea.size() != eb.size()) return false;
+  for (size_t i = 0; i < ea.size(); ++i) {
+    const Tensor &x = ea[i].value, &y = eb[i].value;
+    if (ea[i].name != eb[i].name || x.shape() != y.shape() || x.dtype() != y.dtype() ||
+        std::memcmp(x.raw(), y.raw(), x.nbytes()) != 0)
+      return false;
+  }
+  return true;
+}
+
+nlohmann::json simulate_row(const nlohmann::json& summary) {
+  nlohmann::json row = {{"batch", summary.at("batch")}, {"steps", summary.at("steps")}};
+  for (const auto& a : summary.at("areas")) {
+    nlohmann::json r = nlohmann::json::object();
+    for (const char* k : {"onset_ms", "peak_ms", "peak_mean_abs_r"})
+      if (a.contains(k)) r[k] = a[k];
+    row["areas"][a.at("name").get<std::string>()] = r;
+  }
+  return row;
+}
+
+std::vector<scan::JobResult> simulate_alone(const scan::Job& j) {
+  const Config cfg = run_config(j, simulate_schema());
+  check_format(cfg);
+  Graph g = build_graph(cfg);
+  const SimResult r = simulate(cfg, g, build_stimulus(cfg, g));
+  scan::JobResult out;
+  out.row = simulate_row(write_outputs(cfg, g, r, j.dir, false));
+  return {out};
+}
+
+std::vector<scan::JobResult> simulate_group(const std::vector<scan::Job>& jobs) {
+  if (jobs.size() == 1) return simulate_alone(jobs[0]);
+  std::vector<Config> cfgs;
+  std::vector<Graph> graphs;
+  std::vector<Tensor> inputs;
+  bool packable = true;
+  for (const scan::Job& j : jobs) {
+    cfgs.push_back(run_config(j, simulate_schema()));
+    check_format(cfgs.back());
+    graphs.push_back(build_graph(cfgs.back()));
+    inputs.push_back(build_stimulus(cfgs.back(), graphs.back()));
+    const Tensor& in = inputs.back();
+    const Tensor& in0 = inputs.front();
+    if (in.dtype() != in0.dtype() || in.rank() != in0.rank() || in.dim(1) != in0.dim(1) ||
+        in.numel() / in.dim(0) != in0.numel() / in0.dim(0) || !params_equal(graphs.back(), graphs[0]))
+      packable = false;
+  }
+  std::vector<scan::JobResult> out;
+  if (!packable) {  // same key, different weights or stimulus shapes: one at a time
+    for (const scan::Job& j : jobs) out.push_back(simulate_alone(j).front());
+    return out;
+  }
+  // The stimuli stacked along the batch; each area's tau per sample.
+  int64_t B = 0;
+  for (const Tensor& in : inputs) B += in.dim(0);
+  Shape s = inputs[0].shape();
+  s[0] = B;
+  Tensor input = Tensor::empty(s, inputs[0].dtype());
+  size_t at = 0;
+  for (const Tensor& in : inputs) {
+    std::memcpy(static_cast<char*>(input.raw()) + at, in.raw(), in.nbytes());
+    at += in.nbytes();
+  }
+  Graph g = graphs[0];
+  for (size_t a = 0; a < g.areas.size(); ++a) {
+    if (!g.areas[a].tau_param.empty()) continue;  // a parameter: equal in every run
+    std::vector<double> taus;
+    for (size_t r = 0; r < jobs.size(); ++r) {
+      const Area& ar = graphs[r].areas[a];
+      for (int64_t b = 0; b < inputs[r].dim(0); ++b)
+        taus.push_back(ar.tau_per_sample.empty() ? ar.tau : ar.tau_per_sample[size_t(b)]);
+    }
+    g.areas[a].tau_per_sample = taus;
+  }
+  const SimResult res = simulate(cfgs[0], g, input);
+  int64_t b0 = 0;
+  for (size_t r = 0; r < jobs.size(); ++r) {
+    SimResult one = res;
+    one.batch = inputs[r].dim(0);
+    one.rec = slice_recording(res.rec, b0, b0 + one.batch);
+    b0 += one.batch;
+    scan::JobResult jr;
+    jr.row = simulate_row(write_outputs(cfgs[r], graphs[r], one, jobs[r].dir, false));
+    out.push_back(std::move(jr));
+  }
+  return out;
+}
+
+int64_t simulate_auto_pack(const nlohmann::json& config) {
+  scan::Job j;
+  j.config = config;
+  const Config cfg = run_config(j, simulate_schema());
+  const Graph g = build_graph(cfg);
+  const Tensor input = build_stimulus(cfg, g);
+  int64_t free_bytes = host_available_bytes();
+  const std::string dev = cfg.get_string("simulation.device");
+  if (dev != "cpu" && cuda_device_count() > 0) {
+    size_t f = 0, total = 0;
+    device_memory_info(0, &f, &total);
+    free_bytes = int64_t(f);
+  }
+  const int64_t per_run = std::max<int64_t>(run_bytes(cfg, g, input), 1);
+  return std::clamp<int64_t>(free_bytes / 2 / per_run, 1, 1024);
+}
+
+std::vector<scan::JobResult> train_run(const std::vector<scan::Job>& jobs,
+                                       const std::atomic<int>* stop) {
+  std::vector<scan::JobResult> out;
+  for (const scan::Job& j : jobs) {
+    nlohmann::json c = j.config;
+    const fs::path out_dir = fs::path(j.dir) / "train";
+    c["train"]["output"] = out_dir.string();
+    scan::Job jj = j;
+    jj.config = c;
+    const Config cfg = run_config(jj, train_schema());
+    TrainRun run;
+    run.resume = fs::exists(out_dir / "events.jsonl");
+    if (!run.resume) fs::remove_all(out_dir);  // a start killed before its first event
+    run.quiet = true;
+    run.stop = stop;
+    std::ofstream log(fs::path(j.dir) / "train.log", std::ios::app);
+    const int rc = train(cfg, run, log);
+    scan::JobResult r;
+    if (rc == int(ExitCode::Preempted)) {
+      r.stopped = true;
+    } else {
+      std::ifstream f(out_dir / "summary.json");
+      if (!f) throw IoError(concat((out_dir / "summary.json").string(), ": missing after training"));
+      r.row = nlohmann::json::parse(f);
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace
+
+const scan::Executors& scan_executors() {
+  static const scan::Executors e = [] {
+    scan::Executors m;
+    scan::Executor sim;
+    sim.pack_key = simulate_pack_key;
+    sim.auto_pack = simulate_auto_pack;
+    sim.run = [](const std::vector<scan::Job>& jobs, const std::atomic<int>*) {
+      return simulate_group(jobs);
+    };
+    m["simulate"] = sim;
+    scan::Executor tr;
+    tr.run = train_run;
+    tr.resumable = true;
+    m["train"] = tr;
+    return m;
+  }();
+  return e;
+}
+
+}  // namespace dynsim::models

@@ -1,8 +1,13 @@
 // The executors of scan runs (models/scan/scan_kinds.h): simulate (packed into one batch where
 // the configs allow) and train.
+#include <atomic>
 #include <cstring>
+#include <exception>
+#include <functional>
+#include <thread>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "engine/core/device.h"
 #include "models/config/sim_config.h"
@@ -14,6 +19,29 @@ namespace dynsim::models {
 namespace fs = std::filesystem;
 
 namespace {
+
+// f(0) .. f(n - 1) on up to hardware_concurrency threads; the first exception is rethrown.
+void parallel_for(size_t n, const std::function<void(size_t)>& f, bool serial = false) {
+  const size_t workers =
+      serial ? 1 : std::min<size_t>(n, std::max(1u, std::thread::hardware_concurrency()));
+  std::atomic<size_t> next{0};
+  std::vector<std::exception_ptr> errors(n);
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < n;) {
+      try {
+        f(i);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+}
 
 Config run_config(const scan::Job& j, const ConfigSchema& schema) {
   return Config::parse(scan::config_toml(j.config), concat("scan run ", j.index, " (", j.run_id, ")"),
@@ -55,15 +83,18 @@ int64_t host_available_bytes() {
   return int64_t(4) << 30;
 }
 
+// Every parameter but the areas' tau parameters (DyRCNNx4/x8 hold tau as one) is the same.
 bool params_equal(const Graph& a, const Graph& b) {
   const auto& ea = a.params.entries();
   const auto& eb = b.params.entries();
   if (ea.size() != eb.size()) return false;
+  std::set<std::string> taus;
+  for (const Area& ar : a.areas)
+    if (!ar.tau_param.empty()) taus.insert(ar.tau_param);
   for (size_t i = 0; i < ea.size(); ++i) {
     const Tensor &x = ea[i].value, &y = eb[i].value;
-    if (ea[i].name != eb[i].name || x.shape() != y.shape() || x.dtype() != y.dtype() ||
-        std::memcmp(x.raw(), y.raw(), x.nbytes()) != 0)
-      return false;
+    if (ea[i].name != eb[i].name || x.shape() != y.shape() || x.dtype() != y.dtype()) return false;
+    if (!taus.count(ea[i].name) && std::memcmp(x.raw(), y.raw(), x.nbytes()) != 0) return false;
   }
   return true;
 }
@@ -91,19 +122,22 @@ std::vector<scan::JobResult> simulate_alone(const scan::Job& j) {
 
 std::vector<scan::JobResult> simulate_group(const std::vector<scan::Job>& jobs) {
   if (jobs.size() == 1) return simulate_alone(jobs[0]);
-  std::vector<Config> cfgs;
-  std::vector<Graph> graphs;
-  std::vector<Tensor> inputs;
+  const size_t n = jobs.size();
+  std::vector<Config> cfgs(n);
+  std::vector<Graph> graphs(n);
+  std::vector<Tensor> inputs(n);
+  // Each run's config, graph (its weights' init is most of the cost) and stimulus, on every core.
+  parallel_for(n, [&](size_t r) {
+    cfgs[r] = run_config(jobs[r], simulate_schema());
+    check_format(cfgs[r]);
+    graphs[r] = build_graph(cfgs[r]);
+    inputs[r] = build_stimulus(cfgs[r], graphs[r]);
+  });
   bool packable = true;
-  for (const scan::Job& j : jobs) {
-    cfgs.push_back(run_config(j, simulate_schema()));
-    check_format(cfgs.back());
-    graphs.push_back(build_graph(cfgs.back()));
-    inputs.push_back(build_stimulus(cfgs.back(), graphs.back()));
-    const Tensor& in = inputs.back();
-    const Tensor& in0 = inputs.front();
+  for (size_t r = 1; r < n; ++r) {
+    const Tensor &in = inputs[r], &in0 = inputs[0];
     if (in.dtype() != in0.dtype() || in.rank() != in0.rank() || in.dim(1) != in0.dim(1) ||
-        in.numel() / in.dim(0) != in0.numel() / in0.dim(0) || !params_equal(graphs.back(), graphs[0]))
+        in.numel() / in.dim(0) != in0.numel() / in0.dim(0) || !params_equal(graphs[r], graphs[0]))
       packable = false;
   }
   std::vector<scan::JobResult> out;
@@ -122,28 +156,36 @@ std::vector<scan::JobResult> simulate_group(const std::vector<scan::Job>& jobs) 
     std::memcpy(static_cast<char*>(input.raw()) + at, in.raw(), in.nbytes());
     at += in.nbytes();
   }
+  // Each run's tau as its run alone reads it (engine/dynamics/scheduler.h, area_tau: a tau
+  // parameter's value, through softplus where so parametrised, computed in double and rounded
+  // once to the run's dtype, as the per-sample list is).
+  ContextOptions host;
+  Context ctx(host);
   Graph g = graphs[0];
   for (size_t a = 0; a < g.areas.size(); ++a) {
-    if (!g.areas[a].tau_param.empty()) continue;  // a parameter: equal in every run
     std::vector<double> taus;
     for (size_t r = 0; r < jobs.size(); ++r) {
       const Area& ar = graphs[r].areas[a];
-      for (int64_t b = 0; b < inputs[r].dim(0); ++b)
-        taus.push_back(ar.tau_per_sample.empty() ? ar.tau : ar.tau_per_sample[size_t(b)]);
+      const int64_t Br = inputs[r].dim(0);
+      if (!ar.tau_per_sample.empty()) {
+        taus.insert(taus.end(), ar.tau_per_sample.begin(), ar.tau_per_sample.end());
+        continue;
+      }
+      const double tau = area_tau(ctx, graphs[r], ar, 1, DType::F64).item(0);
+      taus.insert(taus.end(), size_t(Br), tau);
     }
     g.areas[a].tau_per_sample = taus;
   }
   const SimResult res = simulate(cfgs[0], g, input);
-  int64_t b0 = 0;
-  for (size_t r = 0; r < jobs.size(); ++r) {
+  std::vector<int64_t> first(n + 1, 0);
+  for (size_t r = 0; r < n; ++r) first[r + 1] = first[r] + inputs[r].dim(0);
+  out.resize(n);
+  parallel_for(n, [&](size_t r) {
     SimResult one = res;
     one.batch = inputs[r].dim(0);
-    one.rec = slice_recording(res.rec, b0, b0 + one.batch);
-    b0 += one.batch;
-    scan::JobResult jr;
-    jr.row = simulate_row(write_outputs(cfgs[r], graphs[r], one, jobs[r].dir, false));
-    out.push_back(std::move(jr));
-  }
+    one.rec = slice_recording(res.rec, first[r], first[r + 1]);
+    out[r].row = simulate_row(write_outputs(cfgs[r], graphs[r], one, jobs[r].dir, false));
+  }, cfgs[0].get_string("simulation.format") == "hdf5");  // libhdf5 is not thread-safe
   return out;
 }
 

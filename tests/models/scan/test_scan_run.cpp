@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "engine/core/errors.h"
 #include "engine/scan/runner.h"
@@ -132,6 +133,34 @@ TEST_CASE("scan run: packed runs give the bits of the runs alone") {
   const nlohmann::json m = scan::read_manifest(alone.string())[8];
   CHECK(m["axes"]["stimulus"]["stimulus.contrasts"].size() == 2);
   CHECK(done_doc(packed, m["run_id"])["result"]["batch"] == 2);
+}
+
+TEST_CASE("scan run: packing DyRCNNx4, whose tau is a parameter (raw and through softplus)") {
+  TempDir t;
+  const std::string grid = R"([scan]
+kind = "simulate"
+[scan.set]
+"model.preset" = "DyRCNNx4"
+"model.input_height" = 32
+"model.input_width" = 32
+"simulation.steps" = 4
+[[axis]]
+key = "dynamics.tau_parametrization"
+values = ["raw", "softplus"]
+[[axis]]
+key = "dynamics.tau"
+values = [3.0, 7.5]
+[[axis]]
+key = "stimulus.contrast"
+values = [0.5, 1.0]
+)";
+  const fs::path alone = expand_into(t.path(), grid, "alone");
+  const fs::path packed = expand_into(t.path(), grid, "packed");
+  CHECK(run(alone, 1).groups == 8);
+  CHECK(run(packed, 0).groups == 2);
+  const auto oa = outputs(alone), op = outputs(packed);
+  REQUIRE(oa.size() == 8);
+  CHECK(oa == op);
 }
 
 TEST_CASE("scan run: reruns skip done runs, redo torn ones, reclaim stale leases") {
@@ -279,4 +308,59 @@ TEST_CASE("scan submit: sbatch scripts split at MaxArraySize, with the signal an
   }
   o.time = "soon";
   CHECK_THROWS_AS(scan::sbatch_scripts(dir.string(), o), UsageError);
+}
+
+TEST_CASE("scan run: a train run stopped by a signal checkpoints, then resumes bit for bit") {
+  TempDir t;
+  const std::string grid = R"([scan]
+kind = "train"
+[scan.set]
+"model.preset" = "DyRCNNx2"
+"model.input_height" = 16
+"model.input_width" = 16
+"model.n_classes" = 4
+"data.dataset" = "synthetic"
+"data.synthetic_size" = 64
+"train.batch" = 16
+"train.steps" = 4
+"train.threads" = 1
+"train.epochs" = 3
+"checkpoint.every_steps" = 1
+[[axis]]
+key = "optimizer.lr"
+values = [0.003, 0.01]
+)";
+  const fs::path ref = expand_into(t.path(), grid, "ref");
+  const fs::path cut = expand_into(t.path(), grid, "cut");
+  CHECK(run(ref, 0).done == 2);
+  // Stop the first run once it has written its first checkpoint.
+  const std::string id0 = ids(cut)[0];
+  std::atomic<int> stop{0};
+  std::thread watcher([&] {
+    const fs::path ck = cut / "runs" / (id0 + ".tmp") / "train" / "checkpoints";
+    for (int i = 0; i < 20000 && stop.load() == 0; ++i) {
+      std::error_code ec;
+      if (fs::is_directory(ck, ec) && !fs::is_empty(ck, ec)) stop.store(10);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  scan::ShardOptions o;
+  o.stop = &stop;
+  const scan::ShardReport r = run(cut, 0, o);
+  watcher.join();
+  CHECK(r.stopped);
+  CHECK(r.done == 0);
+  CHECK(r.stop_reason == "signal 10");
+  CHECK(fs::is_directory(cut / "runs" / (id0 + ".tmp") / "train" / "checkpoints"));
+  CHECK(scan::status(cut.string())["torn"] == 1);  // kept for the resume, no live lease
+  CHECK(run(cut, 0).done == 2);
+  for (const std::string& id : ids(ref)) {
+    nlohmann::json a = done_doc(ref, id)["result"], b = done_doc(cut, id)["result"];
+    a.erase("wall_s"), b.erase("wall_s");
+    CHECK(a == b);
+    CHECK(read_text(ref / "runs" / id / "train" / "weights.safetensors") ==
+          read_text(cut / "runs" / id / "train" / "weights.safetensors"));
+  }
+  const std::string events = read_text(cut / "runs" / id0 / "train" / "events.jsonl");
+  CHECK(events.find("\"resume\"") != std::string::npos);
 }

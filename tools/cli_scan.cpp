@@ -29,6 +29,7 @@ struct ScanArgs {
   double max_hours = 0, stale_after = 120;
   bool quiet = false, retry_failed = false, json = false, partial = false, no_verify = false;
   bool print_sbatch = false;
+  std::string responses;
   scan::SubmitOptions submit_opts;
 };
 
@@ -126,6 +127,15 @@ int do_collect(const ScanArgs& a) {
               << " row(s) without a valid DONE dropped, " << c["unlogged"]
               << " run(s) taken from DONE alone\n  wrote " << a.dir
               << "/results.csv, results.jsonl, results.config.json\n";
+  if (!a.responses.empty()) {
+    const nlohmann::json s = models::stack_responses(a.dir, a.responses);
+    if (!a.quiet) {
+      std::cout << "  wrote " << a.responses << " (" << s["variables"] << " variable(s) of "
+                << s["runs"] << " run(s), stacked along 'run')\n";
+      for (const auto& n : s["skipped"])
+        std::cout << "  left out " << n.get<std::string>() << " (not in every run)\n";
+    }
+  }
   return 0;
 }
 
@@ -205,6 +215,9 @@ ScanArgs* add_scan(CLI::App& app) {
   a.collect->add_option("dir", a.dir, "scan folder")->required();
   a.collect->add_flag("--partial", a.partial, "write what is done when runs are missing");
   a.collect->add_flag("--no-verify", a.no_verify, "skip the outputs' checksums");
+  a.collect->add_option("--responses", a.responses,
+                        "also stack every simulate run's arrays along a run dimension into this "
+                        "HDF5 file (named dimensions: xarray's h5netcdf engine reads it)");
   a.collect->add_flag("--quiet,-q", a.quiet, "no summary");
 
   a.submit = a.scan->add_subcommand(

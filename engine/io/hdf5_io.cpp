@@ -8,6 +8,7 @@
 #if DYNSIM_WITH_HDF5
 #include <fcntl.h>
 #include <hdf5.h>
+#include <hdf5_hl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -236,6 +237,44 @@ bool hdf5_available() {
 void write_hdf5(const std::string& path,
                 const std::vector<std::pair<std::string, Tensor>>& datasets,
                 const std::map<std::string, std::string>& attributes) {
+  write_hdf5(path, datasets, attributes, Hdf5Layout{});
+}
+
+void write_hdf5(const std::string& path,
+                const std::vector<std::pair<std::string, Tensor>>& given,
+                const std::map<std::string, std::string>& attributes, const Hdf5Layout& layout) {
+  // The dimensions' lengths, and a 0..n-1 coordinate for each one without a dataset.
+  std::vector<std::pair<std::string, Tensor>> datasets = given;
+  std::map<std::string, int64_t> dim_len;
+  std::map<std::string, const Tensor*> by_name;
+  for (const auto& [name, t] : given) by_name[name] = &t;
+  for (const auto& [name, dims] : layout.dims) {
+    const auto it = by_name.find(name);
+    if (it == by_name.end())
+      throw Error(concat("write_hdf5: ", path, ": dimensions for '", name, "', no such dataset"));
+    if (int(dims.size()) != it->second->rank())
+      throw Error(concat("write_hdf5: ", path, ": dataset '", name, "' is ", it->second->str(),
+                         " but has ", dims.size(), " dimension names"));
+    for (size_t d = 0; d < dims.size(); ++d) {
+      const int64_t n = it->second->dim(int(d));
+      const auto [pos, fresh] = dim_len.emplace(dims[d], n);
+      if (!fresh && pos->second != n)
+        throw Error(concat("write_hdf5: ", path, ": dimension '", dims[d], "' is ", pos->second,
+                           " long and ", n, " long ('", name, "')"));
+    }
+  }
+  for (const auto& [dim, n] : dim_len) {
+    const auto it = by_name.find(dim);
+    if (it != by_name.end()) {
+      if (it->second->rank() != 1 || it->second->dim(0) != n)
+        throw Error(concat("write_hdf5: ", path, ": coordinate '", dim, "' is ",
+                           it->second->str(), ", expected [", n, "]"));
+      continue;
+    }
+    Tensor c = Tensor::empty(Shape{n}, DType::I32);
+    for (int64_t i = 0; i < n; ++i) c.data<int32_t>()[i] = int32_t(i);
+    datasets.emplace_back(dim, c);
+  }
   // Everything is checked before the file is created.
   std::set<std::string> names;
   for (const auto& [name, t] : datasets) {
@@ -268,6 +307,30 @@ void write_hdf5(const std::string& path,
         throw IoError(concat(path, ": ", hdf5_error()));
       for (const auto& [name, t] : datasets) write_dataset(file.get(), lcpl.get(), path, name, t);
       for (const auto& [name, value] : attributes) write_attribute(file.get(), path, name, value);
+      // Dimension scales: each dimension's dataset becomes a scale named after it, attached to
+      // every dataset that uses the dimension.
+      for (const auto& [dim, n] : dim_len) {
+        Handle sc(must<IoError>(H5Dopen2(file.get(), dim.c_str(), H5P_DEFAULT), path), H5Dclose);
+        if (H5DSset_scale(sc.get(), dim.c_str()) < 0)
+          throw IoError(concat(path, ": dimension '", dim, "': ", hdf5_error()));
+      }
+      for (const auto& [name, dims] : layout.dims) {
+        Handle ds(must<IoError>(H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), path), H5Dclose);
+        for (size_t d = 0; d < dims.size(); ++d) {
+          if (dims[d] == name) continue;  // a coordinate is its own scale
+          Handle sc(must<IoError>(H5Dopen2(file.get(), dims[d].c_str(), H5P_DEFAULT), path),
+                    H5Dclose);
+          if (H5DSattach_scale(ds.get(), sc.get(), unsigned(d)) < 0)
+            throw IoError(concat(path, ": attaching '", dims[d], "' to '", name, "': ",
+                                 hdf5_error()));
+        }
+      }
+      for (const auto& [name, attrs] : layout.attributes) {
+        Handle ds(must<IoError>(H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT),
+                                concat(path, ": attributes for '", name, "', no such dataset")),
+                  H5Dclose);
+        for (const auto& [k, v] : attrs) write_attribute(ds.get(), path, k, v);
+      }
     }
     if (file.close() < 0) throw IoError(concat(path, ": closing ", tmp, " failed: ", hdf5_error()));
     sync_file(tmp);
@@ -355,6 +418,10 @@ bool hdf5_available() {
 }
 void write_hdf5(const std::string& path, const std::vector<std::pair<std::string, Tensor>>&,
                 const std::map<std::string, std::string>&) {
+  no_hdf5(path);
+}
+void write_hdf5(const std::string& path, const std::vector<std::pair<std::string, Tensor>>&,
+                const std::map<std::string, std::string>&, const Hdf5Layout&) {
   no_hdf5(path);
 }
 std::map<std::string, Tensor> read_hdf5(const std::string& path) {

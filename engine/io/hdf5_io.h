@@ -24,6 +24,19 @@ void write_hdf5(const std::string& path,
                 const std::vector<std::pair<std::string, Tensor>>& datasets,
                 const std::map<std::string, std::string>& attributes = {});
 
+// Named dimensions (netCDF-4's dimension scales, so xarray's h5netcdf engine and netCDF readers
+// see them): dims gives a dataset one name per dimension; a dimension with a dataset of its own
+// name (1-D, its length) has that dataset as its coordinate, else one is written holding
+// 0..n-1 (i32). Error when a dimension has two lengths or a dataset the wrong number of names.
+// attributes: string attributes per dataset (e.g. CF's "coordinates").
+struct Hdf5Layout {
+  std::map<std::string, std::vector<std::string>> dims;
+  std::map<std::string, std::map<std::string, std::string>> attributes;
+};
+void write_hdf5(const std::string& path,
+                const std::vector<std::pair<std::string, Tensor>>& datasets,
+                const std::map<std::string, std::string>& attributes, const Hdf5Layout& layout);
+
 // NoInputError when the file is missing; DataError when it is not HDF5 or holds a dataset that
 // is not float/integer (integers become I32, range-checked) or has more than 6 dimensions.
 std::map<std::string, Tensor> read_hdf5(const std::string& path);

@@ -27,4 +27,11 @@ namespace dynsim::models {
 const scan::Validators& scan_validators();
 const scan::Executors& scan_executors();
 
+// Every done simulate run's arrays in one HDF5 file, stacked along a "run" dimension (padded with
+// NaN, or 0 for integers, where runs differ in samples or steps), with named dimensions
+// (netCDF-4 dimension scales: sample, time, channel_<A>, y_<A>, x_<A>, area, class) and the
+// numeric axes as coordinates along "run"; xarray.open_dataset(path, engine="h5netcdf") reads
+// it. UsageError for a train run; returns {runs, variables, skipped}.
+nlohmann::json stack_responses(const std::string& dir, const std::string& path);
+
 }  // namespace dynsim::models

@@ -6,6 +6,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <atomic>
+#include <exception>
+#include <thread>
 #include <unordered_map>
 
 #include "engine/core/errors.h"
@@ -69,9 +72,7 @@ std::vector<Run> expand(const Grid& g, const Validators& validators) {
     total *= int64_t(a.points.size());
     if (total > 10'000'000) throw ConfigError(concat(g.path, ": more than 10 million runs"));
   }
-  std::vector<Run> runs;
-  runs.reserve(size_t(total));
-  std::unordered_map<std::string, int64_t> seen;
+  std::vector<Run> runs(static_cast<size_t>(total));
   std::vector<size_t> at(g.axes.size(), 0);
   for (int64_t r = 0; r < total; ++r) {
     // Row-major: the last axis varies fastest.
@@ -80,7 +81,7 @@ std::vector<Run> expand(const Grid& g, const Validators& validators) {
       at[k] = size_t(rest % int64_t(g.axes[k].points.size()));
       rest /= int64_t(g.axes[k].points.size());
     }
-    Run run;
+    Run& run = runs[size_t(r)];
     run.index = r;
     run.overrides = g.fixed;
     run.axes = nlohmann::json::object();
@@ -89,26 +90,49 @@ std::vector<Run> expand(const Grid& g, const Validators& validators) {
       for (const Override& o : a.points[at[k]]) run.overrides.push_back(o);
       run.axes[a.name] = a.labels[at[k]];
     }
-    std::vector<std::string> sets;
-    for (const Override& o : run.overrides) sets.push_back(o.key + "=" + o.value);
-    nlohmann::json cfg;
-    try {
-      cfg = vit->second(g.base, sets);
-    } catch (const ConfigError& e) {
-      const std::string msg = e.what();
-      if (const Override* o = blamed(msg, run.overrides))
-        throw ConfigError(concat(o->where, ": run ", r, ": key '", o->key, "' = ", o->value, ": ",
-                                 msg));
-      throw ConfigError(concat(g.path, ": run ", r, " (", run.axes.dump(), "): ", msg));
+  }
+  // Validation (each run's graph is built) on every core; the error reported is the one of the
+  // lowest run index, as a sequential pass would find it.
+  std::atomic<int64_t> next{0}, first_bad{total};
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(total));
+  auto work = [&] {
+    for (int64_t r; (r = next.fetch_add(1)) < first_bad.load();) {
+      Run& run = runs[size_t(r)];
+      std::vector<std::string> sets;
+      for (const Override& o : run.overrides) sets.push_back(o.key + "=" + o.value);
+      try {
+        try {
+          run.config = normalised(
+              nlohmann::json{{"kind", g.kind}, {"config", vit->second(g.base, sets)}});
+        } catch (const ConfigError& e) {
+          const std::string msg = e.what();
+          if (const Override* o = blamed(msg, run.overrides))
+            throw ConfigError(concat(o->where, ": run ", r, ": key '", o->key, "' = ", o->value,
+                                     ": ", msg));
+          throw ConfigError(concat(g.path, ": run ", r, " (", run.axes.dump(), "): ", msg));
+        }
+        run.run_id = xxh128_hex(canonical(run.config));
+      } catch (...) {
+        errors[size_t(r)] = std::current_exception();
+        for (int64_t b = first_bad.load(); r < b && !first_bad.compare_exchange_weak(b, r);) {
+        }
+      }
     }
-    run.config = normalised(nlohmann::json{{"kind", g.kind}, {"config", cfg}});
-    run.run_id = xxh128_hex(canonical(run.config));
-    auto [it, fresh] = seen.emplace(run.run_id, r);
+  };
+  const unsigned workers =
+      unsigned(std::min<int64_t>(total, std::max(1u, std::thread::hardware_concurrency())));
+  std::vector<std::thread> pool;
+  for (unsigned w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  if (first_bad.load() < total) std::rethrow_exception(errors[size_t(first_bad.load())]);
+  std::unordered_map<std::string, int64_t> seen;
+  for (const Run& run : runs) {
+    auto [it, fresh] = seen.emplace(run.run_id, run.index);
     if (!fresh)
-      throw ConfigError(concat(g.path, ": runs ", it->second, " and ", r,
+      throw ConfigError(concat(g.path, ": runs ", it->second, " and ", run.index,
                                " have the same config (", run.axes.dump(),
                                "): a duplicate run; remove the repeated axis value"));
-    runs.push_back(std::move(run));
   }
   return runs;
 }

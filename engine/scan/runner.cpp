@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -260,12 +261,31 @@ ShardReport run_shard(const std::string& dir, const Executors& executors,
         }
       };
 
-  while (!pending.empty()) {
+  // The pending runs by pack key (kind + the executor's key; "" = alone), each list in index
+  // order: a group is the first pending run and the next runs of its list.
+  std::map<std::string, std::deque<int64_t>> by_key;
+  std::vector<std::string> key_of(m.size());
+  for (int64_t k : pending) {
+    const nlohmann::json& l = m[size_t(k)];
+    const std::string kind = l.at("kind").get<std::string>();
+    const Executor& ex = executors.at(kind);
+    const std::string key = ex.pack_key ? ex.pack_key(l.at("config")) : std::string();
+    if (!key.empty()) {
+      key_of[size_t(k)] = kind + "\n" + key;
+      by_key[key_of[size_t(k)]].push_back(k);
+    }
+  }
+  std::vector<char> taken(m.size(), 0);
+  size_t next = 0;  // pending[next] is the first run not yet taken
+  while (true) {
+    while (next < pending.size() && taken[size_t(pending[next])]) ++next;
+    if (next == pending.size()) break;
     if (opts.stop && opts.stop->load()) {
       rep.stopped = true;
       break;
     }
-    const Job first = job_of(pending.front());
+    const int64_t head = pending[next];
+    const Job first = job_of(head);
     const Executor& ex = executors.at(first.kind);
     int64_t limit = opts.pack > 0 ? opts.pack : 1;
     if (opts.pack <= 0 && ex.auto_pack) {
@@ -276,12 +296,14 @@ ShardReport run_shard(const std::string& dir, const Executors& executors,
       }
     }
     limit = std::max<int64_t>(limit, 1);
-    const std::string key = ex.pack_key ? ex.pack_key(first.config) : std::string();
-    std::vector<int64_t> group = {pending.front()};
-    for (size_t p = 1; p < pending.size() && int64_t(group.size()) < limit && !key.empty(); ++p) {
-      const nlohmann::json& l = m[size_t(pending[p])];
-      if (l.at("kind") == first.kind && ex.pack_key(l.at("config")) == key)
-        group.push_back(pending[p]);
+    std::vector<int64_t> group = {head};
+    if (!key_of[size_t(head)].empty()) {
+      std::deque<int64_t>& same = by_key.at(key_of[size_t(head)]);
+      group.clear();
+      while (!same.empty() && int64_t(group.size()) < limit) {
+        group.push_back(same.front());
+        same.pop_front();
+      }
     }
     if (opts.max_hours > 0 && runs_timed > 0) {
       const double expected = run_seconds / double(runs_timed) * double(group.size());
@@ -291,7 +313,7 @@ ShardReport run_shard(const std::string& dir, const Executors& executors,
         break;
       }
     }
-    for (int64_t k : group) pending.erase(std::find(pending.begin(), pending.end(), k));
+    for (int64_t k : group) taken[size_t(k)] = 1;
     std::vector<Job> jobs;
     for (int64_t k : group) {
       Job j = job_of(k);

@@ -133,10 +133,15 @@ std::string csv_cell(const nlohmann::json& v) {
   return s;
 }
 
-// {"a": {"b": 1}} -> {"a.b": 1}; arrays stay values.
+// {"a": {"b": 1}, "c": [{"d": 2}]} -> {"a.b": 1, "c.0.d": 2}; arrays of plain values stay values.
 void flatten(const nlohmann::json& j, const std::string& prefix, nlohmann::json& out) {
+  auto key = [&](const std::string& k) { return prefix.empty() ? k : prefix + "." + k; };
+  bool objects = j.is_array() && !j.empty();
+  for (const auto& v : j.is_array() ? j : nlohmann::json::array()) objects = objects && v.is_object();
   if (j.is_object() && !j.empty()) {
-    for (const auto& [k, v] : j.items()) flatten(v, prefix.empty() ? k : prefix + "." + k, out);
+    for (const auto& [k, v] : j.items()) flatten(v, key(k), out);
+  } else if (objects) {
+    for (size_t i = 0; i < j.size(); ++i) flatten(j[i], key(std::to_string(i)), out);
   } else {
     out[prefix] = j;
   }

@@ -2,6 +2,7 @@
 
 #include "engine/io/config.h"
 #include "models/config/sim_config.h"
+#include "models/retina/pipeline.h"
 #include "models/train/trainer.h"
 
 namespace dynsim::models {
@@ -12,8 +13,13 @@ nlohmann::json validate(const ConfigSchema& schema, const char* output_key,
                         const std::string& base, const std::vector<std::string>& overrides) {
   const Config cfg = base.empty() ? Config::parse("", "(built-in defaults)", schema, overrides)
                                   : Config::load(base, schema, overrides);
-  (void)build_graph(cfg);
   nlohmann::json j = cfg.to_json();
+  if (!output_key) {  // retina: the generator's and the fit's semantic checks
+    (void)retina::generator_spec(cfg);
+    (void)retina::fit_options(cfg);
+    return j;
+  }
+  (void)build_graph(cfg);
   nlohmann::json* o = &j;
   std::string key = output_key;
   for (size_t dot; (dot = key.find('.')) != std::string::npos; key = key.substr(dot + 1))
@@ -33,6 +39,10 @@ const scan::Validators& scan_validators() {
       {"train",
        [](const std::string& base, const std::vector<std::string>& o) {
          return validate(train_schema(), "train.output", base, o);
+       }},
+      {"retina",
+       [](const std::string& base, const std::vector<std::string>& o) {
+         return validate(retina::retina_schema(), nullptr, base, o);
        }},
   };
   return v;

@@ -1,8 +1,9 @@
 // The run kinds a scan grid may name (scan.kind): their validators (engine/scan/scan.h) and
 // executors (engine/scan/runner.h).
 //
-// Validators: each loads the base config with the run's overrides, builds the model's graph (so
-// semantic errors such as an unknown area surface at expand time), and returns the effective
+// Validators (simulate, train, retina): each loads the base config with the run's overrides, builds the model's graph (so
+// semantic errors such as an unknown area surface at expand time; retina: the generator's and
+// the fit's checks), and returns the effective
 // config as JSON with the output folder blanked: where a run writes is the scan's business and
 // not part of its identity (the run id).
 //
@@ -18,6 +19,9 @@
 //   the free memory (the CUDA device's when the runs go there, else the host's).
 // - `train` runs `dynsim train` with its output in the run's folder (runs/<id>.tmp/train); a stop
 //   signal checkpoints it, and the next `scan run` resumes from that checkpoint. Never packed.
+// - `retina` (the `dynsim retina` schema) generates the recording its config describes, fits
+//   the model (written to model/ in the run's folder), and returns the metrics on the repeated
+//   test segment (`evaluate`) and the subunits scored against the ground truth (`score`).
 #pragma once
 #include "engine/scan/runner.h"
 #include "engine/scan/scan.h"

@@ -12,6 +12,8 @@
 #include "engine/core/device.h"
 #include "models/config/sim_config.h"
 #include "models/scan/scan_kinds.h"
+#include "models/retina/generator.h"
+#include "models/retina/pipeline.h"
 #include "models/simulate/simulate.h"
 #include "models/train/trainer.h"
 
@@ -236,6 +238,31 @@ std::vector<scan::JobResult> train_run(const std::vector<scan::Job>& jobs,
   return out;
 }
 
+// A retina identification run: the recording its config generates (seeded, so the same run
+// gives the same cells), the fit (model/ under the run's folder), its metrics on the repeated
+// test segment and its subunits scored against the ground truth.
+std::vector<scan::JobResult> retina_run(const std::vector<scan::Job>& jobs) {
+  std::vector<scan::JobResult> out;
+  for (const scan::Job& j : jobs) {
+    const Config cfg = run_config(j, retina::retina_schema());
+    const retina::Recording rec = retina::generate(retina::generator_spec(cfg));
+    std::ofstream log(fs::path(j.dir) / "fit.log");
+    const retina::RetinaModel m = retina::fit_model(cfg, rec, &log);
+    retina::save_model((fs::path(j.dir) / "model").string(), m, cfg, true);
+    retina::RecoveryOptions ro;
+    ro.cosine_threshold = cfg.get_double("score.cosine_threshold");
+    scan::JobResult r;
+    r.row = {{"evaluate", retina::evaluate_model(m, rec)}};
+    try {
+      r.row["score"] = retina::score_model(m, rec, ro);
+    } catch (const DataError& e) {
+      r.row["score"] = {{"unscored", e.what()}};  // e.g. a multi-layer deep_retina model
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 }  // namespace
 
 const scan::Executors& scan_executors() {
@@ -252,6 +279,11 @@ const scan::Executors& scan_executors() {
     tr.run = train_run;
     tr.resumable = true;
     m["train"] = tr;
+    scan::Executor re;
+    re.run = [](const std::vector<scan::Job>& jobs, const std::atomic<int>*) {
+      return retina_run(jobs);
+    };
+    m["retina"] = re;
     return m;
   }();
   return e;

@@ -364,3 +364,45 @@ values = [0.003, 0.01]
   const std::string events = read_text(cut / "runs" / id0 / "train" / "events.jsonl");
   CHECK(events.find("\"resume\"") != std::string::npos);
 }
+
+TEST_CASE("scan run: retina identification runs (generate, fit, evaluate, score)") {
+  TempDir t;
+  const std::string grid = R"([scan]
+kind = "retina"
+seeds = [0, 1]
+seed_key = "generate.seed"
+[scan.set]
+"generate.frames" = 3000
+"generate.test_frames" = 100
+"generate.test_trials" = 2
+"generate.calibration_frames" = 3000
+"fit.iterations" = 20
+"fit.batch" = 200
+"fit.threads" = 1
+[[axis]]
+key = "model.kind"
+values = ["ln", "yan"]
+)";
+  const fs::path a = expand_into(t.path(), grid, "a");
+  const fs::path b = expand_into(t.path(), grid, "b");
+  CHECK(run(a, 0).done == 4);
+  CHECK(run(b, 0).done == 4);
+  for (const std::string& id : ids(a)) {
+    const nlohmann::json r = done_doc(a, id)["result"];
+    CHECK(r["evaluate"]["cells"].size() == 1);
+    CHECK(r["score"].contains("cells"));
+    CHECK(r == done_doc(b, id)["result"]);  // seeded: the same run gives the same numbers
+    CHECK(fs::exists(a / "runs" / id / "model"));
+  }
+  scan::collect(a.string(), {});
+  const std::string header = read_text(a / "results.csv").substr(0, 200);
+  CHECK(header.find("index,run_id,model.kind,generate.seed,evaluate.cells.0.") == 0);
+  // A bad retina value is refused at expand time, naming the run and the key.
+  const fs::path bad = write(t.path() / "bad.toml", std::string(grid) + "[[axis]]\nkey = \"fit.lr\"\nvalues = [-1.0]\n");
+  try {
+    scan::expand(scan::read_grid(bad.string()), models::scan_validators());
+    FAIL("expanded");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("run 0: key 'fit.lr' = -1.0") != std::string::npos);
+  }
+}

@@ -2,8 +2,10 @@
 # Installs what dynsim needs from Debian 12's packages, idempotently: only missing packages are
 # installed, and apt-get update runs only when something is missing. Runs as root (no sudo) or
 # with sudo when available. Usage: tools/setup.sh [--tests]
-#   --tests  also installs the test references (python3-numpy, python3-torch for /usr/bin/python3)
-#            and Fashion-MNIST (dataset-fashion-mnist) for the dataset reader test
+#   --tests  also installs the test references (python3-numpy, python3-torch for /usr/bin/python3),
+#            Fashion-MNIST (dataset-fashion-mnist) for the dataset reader test, Slurm and munge
+#            (slurm-wlm, munge) for the one-node Slurm scan test and snakemake for the Snakefile's
+#            test
 set -euo pipefail
 
 # Build: compiler, CMake and header libraries; HDF5 for .h5 outputs. The main job's plot of the
@@ -12,7 +14,7 @@ set -euo pipefail
 pkgs=(cmake make g++ libeigen3-dev doctest-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
       libstb-dev libhdf5-dev zlib1g-dev libxxhash-dev python3-numpy python3-matplotlib python3-skimage)
 if [[ "${1:-}" == "--tests" ]]; then
-  pkgs+=(python3-torch python3-h5py dataset-fashion-mnist)
+  pkgs+=(python3-torch python3-h5py dataset-fashion-mnist slurm-wlm munge snakemake)
 fi
 
 missing=()

@@ -4,8 +4,8 @@
 # with sudo when available. Usage: tools/setup.sh [--tests]
 #   --tests  also installs the test references (python3-numpy, python3-torch for /usr/bin/python3),
 #            Fashion-MNIST (dataset-fashion-mnist) for the dataset reader test, Slurm and munge
-#            (slurm-wlm, munge) for the one-node Slurm scan test and snakemake for the Snakefile's
-#            test
+#            (slurm-wlm, munge) for the one-node Slurm scan test, snakemake for the Snakefile's
+#            test, python3-xarray + python3-h5netcdf to read `scan collect --responses` back
 set -euo pipefail
 
 # Build: compiler, CMake and header libraries; HDF5 for .h5 outputs. The main job's plot of the
@@ -14,7 +14,8 @@ set -euo pipefail
 pkgs=(cmake make g++ libeigen3-dev doctest-dev libcli11-dev nlohmann-json3-dev libtomlplusplus-dev
       libstb-dev libhdf5-dev zlib1g-dev libxxhash-dev python3-numpy python3-matplotlib python3-skimage)
 if [[ "${1:-}" == "--tests" ]]; then
-  pkgs+=(python3-torch python3-h5py dataset-fashion-mnist slurm-wlm munge snakemake)
+  pkgs+=(python3-torch python3-h5py python3-xarray python3-h5netcdf dataset-fashion-mnist slurm-wlm
+        munge snakemake)
 fi
 
 missing=()

@@ -300,6 +300,14 @@ ShardReport run_shard(const std::string& dir, const Executors& executors,
         limit = 1;  // the run itself will fail, alone, with the reason
       }
     }
+    // auto: also keep a group short enough to stop in time (a simulate group cannot stop
+    // half-way): a first probe of kProbe runs, then groups of about group_seconds of work.
+    if (opts.pack <= 0 && opts.group_seconds > 0) {
+      constexpr int64_t kProbe = 4;
+      limit = std::min(limit, runs_timed == 0 ? kProbe
+                                              : std::max<int64_t>(1, int64_t(opts.group_seconds /
+                                                  (run_seconds / double(runs_timed)))));
+    }
     limit = std::max<int64_t>(limit, 1);
     std::vector<int64_t> group = {head};
     if (!key_of[size_t(head)].empty()) {
@@ -499,9 +507,9 @@ nlohmann::json collect(const std::string& dir, const CollectOptions& opts) {
 std::vector<std::string> sbatch_scripts(const std::string& dir, const SubmitOptions& o) {
   const int64_t runs = int64_t(read_manifest(dir).size());
   if (o.runs_per_task < 1) throw UsageError("--runs-per-task must be at least 1");
-  if (o.max_array_size < 2) throw UsageError("--max-array-size must be at least 2");
+  if (o.max_array_size < 1) throw UsageError("--max-array-size must be at least 1");
   const int64_t tasks = std::max<int64_t>(1, (runs + o.runs_per_task - 1) / o.runs_per_task);
-  const int64_t per_job = o.max_array_size - 1;  // array indices 0..MaxArraySize-1
+  const int64_t per_job = o.max_array_size;  // array indices 0..MaxArraySize-1
   const std::string abs_dir = fs::absolute(dir).lexically_normal().string();
   // --max-hours a little below --time (10% or 5 minutes, whichever is less).
   double max_hours = 0;

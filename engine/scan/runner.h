@@ -50,6 +50,8 @@ struct ShardOptions {
   int64_t index = -1;             // >= 0: this run alone
   int64_t pack = 0;               // runs per group: 0 = auto (the executor's auto_pack), M
   double max_hours = 0;           // > 0: start no group that would end after this
+  double group_seconds = 60;      // pack auto: groups of about this much work (after a probe of 4
+                                  // runs), so a stop signal is answered in time; 0: no limit
   double stale_after_s = 120;     // a lease without a heartbeat for this long is reclaimed
   double heartbeat_s = 10;
   bool retry_failed = false;      // run failed runs again (default: skipped, status lists them)
@@ -99,13 +101,13 @@ struct SubmitOptions {
   std::string dynsim = "dynsim";  // the command the job runs
   int64_t runs_per_task = 1;      // array tasks = ceil(runs / runs_per_task)
   int64_t throttle = 0;           // %K (0: none)
-  int64_t max_array_size = 1001;  // Slurm's MaxArraySize: longer arrays are split into jobs
+  int64_t max_array_size = 1001;  // Slurm's MaxArraySize (indices 0..N-1): longer arrays split
   int64_t gpus_per_task = 0;
   int64_t cpus_per_task = 0;
   std::string time;               // --time (also sets --max-hours a little below it)
   std::string partition, account, extra_run_args;
 };
-// The sbatch script(s) for the scan: one per job of at most max_array_size - 1 tasks, each
+// The sbatch script(s) for the scan: one per job of at most max_array_size tasks, each
 // `--array=0-(n-1)%K` with `--signal=B:USR1@120`, running `dynsim scan run DIR --shard
 // (offset + SLURM_ARRAY_TASK_ID)/tasks`.
 std::vector<std::string> sbatch_scripts(const std::string& dir, const SubmitOptions& opts);

@@ -137,7 +137,7 @@ TEST_CASE("scan: bad grids exit 78 naming the run, the key and the location") {
   write(d.path() / "k.toml", "[scan]\nkind = \"dance\"\n");
   CHECK_THROWS_WITH_AS(scan::expand(scan::read_grid((d.path() / "k.toml").string()),
                                     models::scan_validators()),
-                       doctest::Contains("scan.kind 'dance' is not one of simulate, train"),
+                       doctest::Contains("scan.kind 'dance' is not one of retina, simulate, train"),
                        ConfigError);
   // A semantic error found by building the graph: an unknown area in a per-area tau.
   e = expand_error(d.path(), "[[axis]]\nkey = \"dynamics.tau\"\nvalues = [{ V9 = 3.0 }]\n");

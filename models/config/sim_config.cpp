@@ -389,6 +389,35 @@ Graph build_graph(const Config& cfg) {
   return g;
 }
 
+void apply_taus(Graph& g, const Config& cfg) {
+  const bool custom = cfg.get_string("model.preset") == "custom";
+  const std::vector<double> per_sample = cfg.get_doubles("dynamics.tau_per_sample");
+  for (Area& a : g.areas) {
+    // The tau build_custom / build_dyrcnn give the area.
+    double tau = 0;
+    bool from_table = false;
+    if (custom)
+      for (const Config& t : cfg.tables("area"))
+        if (t.get_string("name") == a.name && t.has("tau")) tau = t.get_double("tau"), from_table = true;
+    if (from_table) {
+    } else if (custom) {
+      tau = cfg.get_double_for("dynamics.tau", a.name);
+    } else if (cfg.is_map("dynamics.tau")) {
+      const auto m = cfg.get_map("dynamics.tau");
+      tau = m.count(a.name) ? m.at(a.name) : 5.0;
+    } else {
+      tau = cfg.get_double("dynamics.tau");
+    }
+    a.tau = tau;
+    if (!a.tau_param.empty()) {
+      Tensor& p = g.params.get(a.tau_param);
+      const double s = a.tau_softplus ? std::log(std::expm1(tau)) : tau;  // as build_dyrcnn
+      p = Tensor::from(p.shape(), {s}, p.dtype());
+    }
+    a.tau_per_sample = per_sample;
+  }
+}
+
 SolverSpec solver_spec(const Config& cfg) {
   SolverSpec s(cfg.get_string("dynamics.solver"));
   const auto a = cfg.get_doubles("dynamics.tableau_a"), b = cfg.get_doubles("dynamics.tableau_b"),

@@ -128,11 +128,25 @@ std::vector<scan::JobResult> simulate_group(const std::vector<scan::Job>& jobs) 
   std::vector<Config> cfgs(n);
   std::vector<Graph> graphs(n);
   std::vector<Tensor> inputs(n);
-  // Each run's config, graph (its weights' init is most of the cost) and stimulus, on every core.
+  // Each run's config, graph and stimulus, on every core. The pack key leaves the runs' configs
+  // equal but for the stimulus and the taus, so the first run's graph (its weights' init is most
+  // of the cost) is copied and given each run's taus; with model.weights (a file may hold tau
+  // parameters) every graph is built.
   parallel_for(n, [&](size_t r) {
     cfgs[r] = run_config(jobs[r], simulate_schema());
     check_format(cfgs[r]);
-    graphs[r] = build_graph(cfgs[r]);
+  });
+  graphs[0] = build_graph(cfgs[0]);
+  const bool copy = cfgs[0].get_string("model.weights").empty();
+  parallel_for(n, [&](size_t r) {
+    if (r > 0) {
+      if (copy) {
+        graphs[r] = graphs[0];
+        apply_taus(graphs[r], cfgs[r]);
+      } else {
+        graphs[r] = build_graph(cfgs[r]);
+      }
+    }
     inputs[r] = build_stimulus(cfgs[r], graphs[r]);
   });
   bool packable = true;

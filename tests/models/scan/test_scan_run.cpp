@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -17,6 +18,7 @@
 #include "engine/scan/runner.h"
 #include "engine/scan/scan.h"
 #include "engine/scan/store.h"
+#include "models/config/sim_config.h"
 #include "models/scan/scan_kinds.h"
 #include "tests/harness.h"
 
@@ -407,5 +409,71 @@ values = ["ln", "yan"]
     FAIL("expanded");
   } catch (const ConfigError& e) {
     CHECK(std::string(e.what()).find("run 0: key 'fit.lr' = -1.0") != std::string::npos);
+  }
+}
+
+TEST_CASE("apply_taus gives a copied graph the taus build_graph would give it") {
+  struct Case {
+    std::vector<std::string> base, other;
+  };
+  const std::vector<std::string> x4 = {"model.preset=DyRCNNx4", "model.input_height=32",
+                                       "model.input_width=32"};
+  auto with = [](std::vector<std::string> v, std::vector<std::string> more) {
+    v.insert(v.end(), more.begin(), more.end());
+    return v;
+  };
+  const std::vector<Case> cases = {
+      {with(x4, {"dynamics.tau=5.0"}), with(x4, {"dynamics.tau=7.5"})},
+      {with(x4, {"dynamics.tau_parametrization=softplus"}),
+       with(x4, {"dynamics.tau_parametrization=softplus", "dynamics.tau={V1 = 3.0, IT = 9.0}"})},
+      {{"model.preset=DyRCNNx2", "model.input_height=16", "model.input_width=16"},
+       {"model.preset=DyRCNNx2", "model.input_height=16", "model.input_width=16",
+        "dynamics.tau_per_sample=[3.0, 4.0]", "dynamics.tau=2.0"}},
+  };
+  // The custom two-area graph: area A takes dynamics.tau, area B its table's tau = 8.
+  const std::string custom = std::string(DYNSIM_SOURCE_DIR) + "/models/configs/custom_two_areas.toml";
+  std::vector<Case> all = cases;
+  all.push_back({{"@" + custom}, {"@" + custom, "dynamics.tau=6.0"}});
+  auto load = [](const std::vector<std::string>& v) {
+    if (!v.empty() && v[0][0] == '@')
+      return Config::load(v[0].substr(1), models::simulate_schema(),
+                          std::vector<std::string>(v.begin() + 1, v.end()));
+    return Config::parse("", "cfg", models::simulate_schema(), v);
+  };
+  for (const Case& c : all) {
+    const Config a = load(c.base);
+    const Config b = load(c.other);
+    const Graph want = models::build_graph(b);
+    Graph got = models::build_graph(a);
+    const Graph original = got;
+    const std::vector<uint8_t> before = [&] {
+      std::vector<uint8_t> v;
+      for (const auto& e : original.params.entries()) {
+        const auto* p = static_cast<const uint8_t*>(e.value.raw());
+        v.insert(v.end(), p, p + e.value.nbytes());
+      }
+      return v;
+    }();
+    models::apply_taus(got, b);
+    REQUIRE(got.areas.size() == want.areas.size());
+    for (size_t i = 0; i < got.areas.size(); ++i) {
+      CHECK(got.areas[i].tau == want.areas[i].tau);
+      CHECK(got.areas[i].tau_per_sample == want.areas[i].tau_per_sample);
+    }
+    const auto& ge = got.params.entries();
+    const auto& we = want.params.entries();
+    REQUIRE(ge.size() == we.size());
+    for (size_t i = 0; i < ge.size(); ++i) {
+      INFO(ge[i].name);
+      CHECK(ge[i].value.nbytes() == we[i].value.nbytes());
+      CHECK(std::memcmp(ge[i].value.raw(), we[i].value.raw(), ge[i].value.nbytes()) == 0);
+    }
+    // The graph it was copied from keeps its own tau parameters.
+    std::vector<uint8_t> after;
+    for (const auto& e : original.params.entries()) {
+      const auto* p = static_cast<const uint8_t*>(e.value.raw());
+      after.insert(after.end(), p, p + e.value.nbytes());
+    }
+    CHECK(after == before);
   }
 }

@@ -26,6 +26,7 @@ struct ScanArgs {
            *status = nullptr, *collect = nullptr, *submit = nullptr;
   std::string grid, dir, shard_spec, pack = "auto";
   int64_t index = -1;
+  int threads = 0;
   double max_hours = 0, stale_after = 120;
   bool quiet = false, retry_failed = false, json = false, partial = false, no_verify = false;
   bool print_sbatch = false;
@@ -178,6 +179,9 @@ ScanArgs* add_scan(CLI::App& app) {
       ->check(CLI::ExistingFile);
   a.expand->add_option("-o,--output", a.dir, "scan folder")->required();
   a.expand->add_flag("--quiet,-q", a.quiet, "no summary");
+  a.expand->add_option("--threads", a.threads,
+                       "validate the runs on N threads (0: every core; the files do not change)")
+      ->check(CLI::NonNegativeNumber);
 
   a.shard = a.scan->add_subcommand(
       "shard", "print the runs (index run_id) of one shard: index mod n == i; i/n default to "
@@ -249,7 +253,7 @@ bool scan_parsed(const ScanArgs* a) { return a && a->scan && a->scan->parsed(); 
 int run_scan(const ScanArgs& a) {
   if (a.expand->parsed()) {
     const scan::Grid g = scan::read_grid(a.grid);
-    const std::vector<scan::Run> runs = scan::expand(g, models::scan_validators());
+    const std::vector<scan::Run> runs = scan::expand(g, models::scan_validators(), a.threads);
     scan::write_manifest(a.dir, g, runs);
     if (!a.quiet) {
       std::cout << "dynsim scan expand: " << g.name << " (" << g.kind << "), " << runs.size()

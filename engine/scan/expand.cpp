@@ -59,7 +59,7 @@ std::string xxh128_hex(const std::string& text) {
   return buf;
 }
 
-std::vector<Run> expand(const Grid& g, const Validators& validators) {
+std::vector<Run> expand(const Grid& g, const Validators& validators, int threads) {
   auto vit = validators.find(g.kind);
   if (vit == validators.end()) {
     std::string known;
@@ -119,8 +119,9 @@ std::vector<Run> expand(const Grid& g, const Validators& validators) {
       }
     }
   };
-  const unsigned workers =
-      unsigned(std::min<int64_t>(total, std::max(1u, std::thread::hardware_concurrency())));
+  const unsigned cores =
+      threads > 0 ? unsigned(threads) : std::max(1u, std::thread::hardware_concurrency());
+  const unsigned workers = unsigned(std::min<int64_t>(total, cores));
   std::vector<std::thread> pool;
   for (unsigned w = 1; w < workers; ++w) pool.emplace_back(work);
   work();

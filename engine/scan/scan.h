@@ -65,7 +65,8 @@ using Validators = std::map<std::string, Validator>;
 // Every run of the grid, validated, with its id. ConfigError (78): "GRID:LINE:COL: run K: key
 // 'k' = v: <the validator's message>" for a bad axis value, and duplicate runs (two points that
 // give the same canonical config) naming both indices.
-std::vector<Run> expand(const Grid& g, const Validators& validators);
+// Runs are validated on `threads` threads (0: every core); the result does not depend on it.
+std::vector<Run> expand(const Grid& g, const Validators& validators, int threads = 0);
 
 // Writes DIR/manifest.jsonl (one line per run: index, run_id, kind, axes, config, dynsim
 // version), DIR/runs.txt ("index run_id" per line) and DIR/scan.json (the grid: kind, base,

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # `dynsim scan expand` end to end: the example grid (DynVision's timing scan, 81 runs) expands to
-# byte-identical manifests under 1 and 2 threads, shards partition it, and a bad grid exits 78
+# byte-identical manifests with 1 and 3 validation threads (and 1 and 2 OpenMP threads), shards partition it, and a bad grid exits 78
 # naming the run, the key and the grid's line:col. Usage: scan_expand.sh DYNSIM SOURCE_DIR
 set -euo pipefail
 dynsim=$1 src=$2
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
-OMP_NUM_THREADS=1 "$dynsim" scan expand "$src/models/configs/scans/dynvision_grid.toml" -o "$d/a" -q
-OMP_NUM_THREADS=2 "$dynsim" scan expand "$src/models/configs/scans/dynvision_grid.toml" -o "$d/b"
+OMP_NUM_THREADS=1 "$dynsim" scan expand "$src/models/configs/scans/dynvision_grid.toml" -o "$d/a" -q \
+  --threads 1
+OMP_NUM_THREADS=2 "$dynsim" scan expand "$src/models/configs/scans/dynvision_grid.toml" -o "$d/b" \
+  --threads 3
 for f in manifest.jsonl runs.txt scan.json; do cmp "$d/a/$f" "$d/b/$f"; done
 test "$(wc -l < "$d/a/manifest.jsonl")" -eq 81
 test "$(cut -d' ' -f2 "$d/a/runs.txt" | sort -u | wc -l)" -eq 81

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `dynsim scan expand` end to end: the example grid (DynVision's timing scan, 81 runs) expands to
-# byte-identical manifests with 1 and 3 validation threads (and 1 and 2 OpenMP threads), shards partition it, and a bad grid exits 78
-# naming the run, the key and the grid's line:col. Usage: scan_expand.sh DYNSIM SOURCE_DIR
+# byte-identical manifests with 1 and 3 validation threads (and 1 and 2 OpenMP threads), shards
+# partition it, and a bad grid exits 78 naming the run, the key and the grid's line:col.
+# Usage: scan_expand.sh DYNSIM SOURCE_DIR
 set -euo pipefail
 dynsim=$1 src=$2
 d=$(mktemp -d)

@@ -152,7 +152,9 @@ int do_submit(const ScanArgs& a) {
   for (size_t i = 0; i < scripts.size(); ++i) {
     const std::string path = (fs::path(a.dir) / concat("submit-", i, ".sbatch")).string();
     write_file_atomic(path, scripts[i]);
-    const std::string cmd = concat("sbatch --parsable '", path, "'");
+    std::string quoted = "'";  // the path in single quotes, each ' as '\''
+    for (char c : path) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    const std::string cmd = concat("sbatch --parsable ", quoted, "'");
     if (!a.quiet) std::cout << "$ " << cmd << "\n" << std::flush;
     const int rc = std::system(cmd.c_str());
     if (rc != 0)

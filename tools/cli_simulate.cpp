@@ -5,17 +5,11 @@
 
 #include <unistd.h>
 
-#include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "engine/core/device.h"
-#include "engine/io/hdf5_io.h"
-#include "engine/io/npy.h"
 #include "models/config/sim_config.h"
 #include "models/simulate/simulate.h"
 #include "models/train/trainer.h"

@@ -280,6 +280,7 @@ ShardReport run_shard(const std::string& dir, const Executors& executors,
       by_key[key_of[size_t(k)]].push_back(k);
     }
   }
+  std::map<std::string, int64_t> auto_limit;  // --pack auto: the executor's limit per key
   std::vector<char> taken(m.size(), 0);
   size_t next = 0;  // pending[next] is the first run not yet taken
   while (true) {
@@ -292,13 +293,21 @@ ShardReport run_shard(const std::string& dir, const Executors& executors,
     const int64_t head = pending[next];
     const Job first = job_of(head);
     const Executor& ex = executors.at(first.kind);
+    const std::string& key = key_of[size_t(head)];
     int64_t limit = opts.pack > 0 ? opts.pack : 1;
-    if (opts.pack <= 0 && ex.auto_pack) {
-      try {
-        limit = ex.auto_pack(first.config);
-      } catch (const std::exception&) {
-        limit = 1;  // the run itself will fail, alone, with the reason
+    if (opts.pack <= 0 && ex.auto_pack && !key.empty()) {
+      // Once per pack key: the executor's estimate builds the run's graph.
+      auto it = auto_limit.find(key);
+      if (it == auto_limit.end()) {
+        int64_t l = 1;
+        try {
+          l = ex.auto_pack(first.config);
+        } catch (const std::exception&) {
+          l = 1;  // the run itself will fail, alone, with the reason
+        }
+        it = auto_limit.emplace(key, l).first;
       }
+      limit = it->second;
     }
     // auto: also keep a group short enough to stop in time (a simulate group cannot stop
     // half-way): a first probe of kProbe runs, then groups of about group_seconds of work.
@@ -310,8 +319,8 @@ ShardReport run_shard(const std::string& dir, const Executors& executors,
     }
     limit = std::max<int64_t>(limit, 1);
     std::vector<int64_t> group = {head};
-    if (!key_of[size_t(head)].empty()) {
-      std::deque<int64_t>& same = by_key.at(key_of[size_t(head)]);
+    if (!key.empty()) {
+      std::deque<int64_t>& same = by_key.at(key);
       group.clear();
       while (!same.empty() && int64_t(group.size()) < limit) {
         group.push_back(same.front());

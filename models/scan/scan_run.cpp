@@ -1,13 +1,13 @@
 // The executors of scan runs (models/scan/scan_kinds.h): simulate (packed into one batch where
-// the configs allow) and train.
+// the configs allow), train and retina.
 #include <atomic>
 #include <cstring>
 #include <exception>
-#include <functional>
-#include <thread>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
+#include <thread>
 
 #include "engine/core/device.h"
 #include "models/config/sim_config.h"

@@ -363,6 +363,8 @@ values = [0.003, 0.01]
     nlohmann::json a = done_doc(ref, id)["result"], b = done_doc(cut, id)["result"];
     a.erase("wall_s"), b.erase("wall_s");
     CHECK(a == b);
+    REQUIRE(fs::exists(ref / "runs" / id / "train" / "weights.safetensors"));
+    REQUIRE(fs::exists(cut / "runs" / id / "train" / "weights.safetensors"));
     CHECK(read_text(ref / "runs" / id / "train" / "weights.safetensors") ==
           read_text(cut / "runs" / id / "train" / "weights.safetensors"));
   }

@@ -9,6 +9,7 @@
 #include "tools/cli_retina.h"
 #include "tools/cli_scan.h"
 #include "tools/cli_simulate.h"
+#include "tools/cli_solvers.h"
 #include "tools/cli_train.h"
 
 int main(int argc, char** argv) {
@@ -38,7 +39,8 @@ int main(int argc, char** argv) {
   shortcut("--batch", "simulation.batch", "samples");
   shortcut("--dt", "dynamics.dt", "integration step in ms");
   shortcut("--tau", "dynamics.tau", "time constant in ms");
-  shortcut("--solver", "dynamics.solver", "euler | rk4 | exp");
+  shortcut("--solver", "dynamics.solver",
+           "euler | rk4 | exp | heun | midpoint | rk4-classic | bs32 | dopri5 | ...");
   shortcut("--record", "simulation.record", "layer | full | none");
   shortcut("--stimulus", "stimulus.kind", "grating | flash | noise | image | npy");
   shortcut("--stimulus-path", "stimulus.path", "file for image / npy stimuli");
@@ -91,6 +93,8 @@ int main(int argc, char** argv) {
   eval->add_flag("--quiet,-q", ev.quiet, "no summary");
 
   dynsim::cli::RetinaArgs* retina = dynsim::cli::add_retina(app);
+  dynsim::cli::SolversArgs solv;
+  CLI::App* solvers = dynsim::cli::add_solvers(app, solv);
   dynsim::cli::ScanArgs* scan = dynsim::cli::add_scan(app);
 
   try {
@@ -112,6 +116,7 @@ int main(int argc, char** argv) {
     if (eval->parsed()) return dynsim::cli::run_eval(ev);
     if (dynsim::cli::retina_parsed(retina)) return dynsim::cli::run_retina(*retina);
     if (dynsim::cli::scan_parsed(scan)) return dynsim::cli::run_scan(*scan);
+    if (solvers->parsed()) return dynsim::cli::run_solvers(solv);
   } catch (const dynsim::Error& e) {
     std::cerr << "dynsim: error: " << e.what() << "\n";
     return int(e.code());

@@ -27,6 +27,10 @@ namespace dynsim {
 // ---- Construction and per-run setup. ----
 
 Bptt::Impl::Impl(Context& c, Graph& graph, const SolverSpec& s) : ctx(c), g(graph), tp(c) {
+  if (s.is_adaptive())
+    throw NotImplemented(concat("training through the adaptive solver ", s.name,
+                                " is not implemented yet; set dynamics.adaptive = false to train "
+                                "with its fixed-step form (the b weights at dt)"));
   staged = s.staged();
   if (staged) {
     tab = s.resolved_tableau();

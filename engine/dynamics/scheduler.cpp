@@ -67,6 +67,8 @@ Tensor area_tau(Context& ctx, const Graph& g, const Area& a, int batch, DType t)
 
 Scheduler::Impl::Impl(Context& c, Graph& graph, const SolverSpec& s) : ctx(c), g(graph) {
   staged = s.staged();
+  adaptive = s.is_adaptive();
+  control = s.control;
   if (staged)
     tab = s.resolved_tableau();
   else
@@ -98,6 +100,11 @@ void Scheduler::Impl::allocate(int B, DType t, bool strided) {
     const std::string why = cuda_unsupported(g, t);
     if (!why.empty()) throw NotImplemented(why);
   }
+  if (adaptive && (ops::on_cuda(ctx) || t == DType::BF16))
+    throw NotImplemented(concat("scheduler: the adaptive solver ", tab.name, " runs on the CPU "
+                                "in f32 or f64 for now (this run: ",
+                                ops::on_cuda(ctx) ? "CUDA" : "CPU", ", ", dtype_name(t),
+                                "); dynamics.adaptive = false runs it fixed-step"));
   batch = B;
   dtype = t;
   params_copied = copy_params;
@@ -146,6 +153,7 @@ void Scheduler::Impl::allocate(int B, DType t, bool strided) {
       const Area& ar = g.areas[a];
       const Shape s{B, ar.channels, ar.height, ar.width};
       for (int i = 0; i < tab.stages(); ++i) K[a].push_back(ctx.empty(s, t));
+      if (adaptive) allocate_adaptive(s, a, t);
       stage_r[a] = ctx.empty(s, t);
       pre[a] = ctx.empty(s, t);
       zeros[a] = ctx.zeros(s, t);
@@ -242,7 +250,7 @@ Recording Scheduler::Impl::run(const Tensor& input, const RunOptions& opt) {
   const size_t A = g.areas.size();
   refresh_parameters();
   const std::vector<uint8_t> repeats =
-      opt.fast_paths ? repeated_frames(ctx, input, opt)
+      opt.fast_paths || adaptive ? repeated_frames(ctx, input, opt)
                      : std::vector<uint8_t>(size_t(opt.idle_steps) + size_t(T), 0);
   reuse_input_terms = opt.fast_paths;
   fused_tail = opt.fast_paths && builtin_leak;
@@ -266,6 +274,7 @@ Recording Scheduler::Impl::run(const Tensor& input, const RunOptions& opt) {
   initial_slope_set = false;
   std::fill(memory_present.begin(), memory_present.end(), 0);
   fwd_src.assign(A, nullptr);
+  if (adaptive) begin_adaptive_run();
   if (opt.cuda_graph) return run_graph(input, opt, repeats, chunk, calls_at_start);
   // A host sequence on a CUDA context goes over once, not frame by frame.
   const Tensor seq = input.device() == ctx.device() ? input : ctx.to_device(input);
@@ -273,6 +282,7 @@ Recording Scheduler::Impl::run(const Tensor& input, const RunOptions& opt) {
   const std::unique_ptr<StabilityProbes> probes = make_probes(opt);
   step_loop(seq, opt, repeats, chunk, recorder, probes.get());
   last_calls = total_calls() - calls_at_start;
+  if (adaptive) finish_adaptive_stats();
   if (probes) probes->check_all();
   return recorder.finish();
 }
@@ -394,5 +404,8 @@ Recording Scheduler::run(const Tensor& input, const RunOptions& opt) {
   return impl_->run(input, opt);
 }
 int64_t Scheduler::operator_calls() const { return impl_->last_calls; }
+AdaptiveStats Scheduler::adaptive_stats() const {
+  return impl_->adaptive ? impl_->stats : AdaptiveStats{};
+}
 
 }  // namespace dynsim

@@ -6,7 +6,9 @@
 // Staged solvers (engine/dynamics/solver.h) evaluate every area's drive at each stage instead:
 // zero-delay inputs read the source's stage value, delayed ones the source's history interpolated
 // at the stage time (cubic Hermite with stored slopes); the network starts from rest (zero
-// history), so every area is present from step 0 in that mode. On a CUDA context everything lives
+// history), so every area is present from step 0 in that mode. Adaptive solvers (embedded pairs
+// with error control) take substeps within each step, ending on every step
+// (engine/dynamics/scheduler_adaptive.cpp). On a CUDA context everything lives
 // on the device (parameters are copied there at the start of every run, a host input sequence goes
 // over once); the step loop has no host reads or syncs and allocates nothing itself, and the
 // recording is copied to the host once at the end (engine/dynamics/recorder.h).
@@ -95,6 +97,9 @@ class Scheduler {
   // Operator evaluations (engine/dynamics/operators.h: convolutions and the like, with the input
   // transform) of the last run: what the fast paths save, for tests and benchmarks.
   int64_t operator_calls() const;
+  // Steps, rejections, drive evaluations and step sizes of the last run of an adaptive solver
+  // (engine/dynamics/solver.h; zero otherwise).
+  AdaptiveStats adaptive_stats() const;
 
  private:
   struct Impl;

@@ -8,6 +8,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,6 +105,27 @@ struct Scheduler::Impl {
   bool initial_slope_set = false;
   std::vector<Tensor> interp, interp_pooled;  // per connection
 
+  std::vector<const Tensor*> stage_base;      // per area: the step's start value (eval_stage)
+
+  // Adaptive mode (SolverSpec::is_adaptive; scheduler_adaptive.cpp). The dense history of an
+  // area: the accepted step ends, time ascending (in steps; -1 is the start from rest), each
+  // with its rate and its slopes d r / d step from the left (the step that ended there) and
+  // from the right (the next step's first stage; differs where the input frame changes).
+  struct DenseNode {
+    double time = 0;
+    Tensor value, slope_left, slope_right;
+  };
+  bool adaptive = false;
+  AdaptiveOptions control;
+  AdaptiveStats stats;
+  std::vector<double> accepted_h;          // ms, this run's accepted steps
+  std::vector<std::deque<DenseNode>> dense;  // per area
+  std::vector<DenseNode> spare;            // pruned nodes, their tensors reused
+  std::vector<Tensor> y_new, err_buf, k_end;  // per area
+  double h_next = 0, h_cap = 1, err_prev = 1;  // steps; the last accepted error
+  bool have_k0 = false;                    // K[a][0] holds the slope at the current time
+  int max_read_age = 0;                    // steps: the oldest history a stage may read
+
   std::vector<const Tensor*> fwd_src;  // per area: the unpooled value it forwards (forwarded())
   int steps_of_run = 0;  // T of the current run (run())
 
@@ -161,8 +183,21 @@ struct Scheduler::Impl {
 
   // scheduler_staged.cpp: the Runge-Kutta stage loop.
   void pool_into(int a, const Tensor& src, const Tensor& dst);
+  void eval_stage(int i, double when, double hms, const Tensor& x_in,
+                  const std::vector<const Tensor*>& base, bool dense);
   void step_staged(int64_t t, const Tensor& x_in, std::vector<uint8_t>& fwd_present,
                    std::vector<uint8_t>& r_present, StabilityProbes* probes);
+
+  // scheduler_adaptive.cpp: embedded pairs with step-size control.
+  void allocate_adaptive(const Shape& area_shape, size_t a, DType t);
+  void begin_adaptive_run();
+  DenseNode new_node(size_t a);
+  const Tensor* dense_at(int s, double when, Tensor& dst);
+  double error_norm() const;
+  void step_adaptive(int64_t t, const Tensor& x_in, bool frame_changed,
+                     std::vector<uint8_t>& fwd_present, std::vector<uint8_t>& r_present,
+                     StabilityProbes* probes);
+  void finish_adaptive_stats();
 
   // scheduler_fast.cpp: input terms once per frame, the fused step tail.
   const Tensor* input_term(size_t ci, const Tensor& x);

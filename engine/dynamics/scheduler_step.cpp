@@ -58,7 +58,9 @@ void Scheduler::Impl::step_loop(const Tensor& seq, const RunOptions& opt,
       x_in = &transformed;
     }
 
-    if (staged)
+    if (adaptive)
+      step_adaptive(t, *x_in, t == 0 || !repeat, fwd_present, r_present, probes);
+    else if (staged)
       step_staged(t, *x_in, fwd_present, r_present, probes);
     else
       for (size_t a = 0; a < A; ++a)

@@ -88,14 +88,37 @@ void add_model_keys(ConfigSchema& s) {
   s.add_double("dynamics.t_skip", 0.0, "skip delay in ms").at_least(0);
   s.add_double("dynamics.t_feedback", 30.0, "feedback delay in ms").at_least(0);
   s.add_enum("dynamics.solver",
-             {"euler", "rk4", "exp", "heun", "midpoint", "rk4-classic", "euler-staged", "tableau"},
+             {"euler", "rk4", "exp", "heun", "midpoint", "rk4-classic", "euler-staged", "tableau",
+              "bs32", "dopri5", "tableau-embedded"},
              "euler",
              "euler (DynVision), rk4 (DynVision's frozen-drive RK4), exp (exact for a held "
              "drive); staged Runge-Kutta over the whole network: heun, midpoint, rk4-classic, "
-             "euler-staged, or tableau (dynamics.tableau_*)");
+             "euler-staged, or tableau (dynamics.tableau_*); embedded pairs with step-size "
+             "control: bs32, dopri5, tableau-embedded (dynamics.tableau_* with tableau_bhat)");
   s.add_doubles("dynamics.tableau_a", {}, "solver = tableau: the s x s matrix a, row by row");
   s.add_doubles("dynamics.tableau_b", {}, "solver = tableau: the s weights b");
   s.add_doubles("dynamics.tableau_c", {}, "solver = tableau: the s nodes c");
+  s.add_doubles("dynamics.tableau_bhat", {},
+                "solver = tableau-embedded: the s weights of the embedded solution");
+  s.add_int("dynamics.tableau_order", 0,
+            "solver = tableau-embedded: order of the b solution (0: unknown)").at_least(0);
+  s.add_int("dynamics.tableau_embedded_order", 0,
+            "solver = tableau-embedded: order of the bhat solution (0: unknown)").at_least(0);
+  s.add_bool("dynamics.adaptive", true,
+             "embedded pairs: control the step size (false: fixed steps of dt with b)");
+  s.add_double("dynamics.rtol", 1e-3, "adaptive: relative tolerance").greater_than(0);
+  s.add_double("dynamics.atol", 1e-6, "adaptive: absolute tolerance").at_least(0);
+  s.add_double("dynamics.dt_max", 0.0,
+               "adaptive: largest step in ms (0: dt; steps end on every step of dt)")
+      .at_least(0);
+  s.add_double("dynamics.dt_min", 0.0, "adaptive: smallest step in ms before the run fails "
+               "(0: dt * 1e-9)").at_least(0);
+  s.add_double("dynamics.safety", 0.9, "adaptive: safety factor of the step controller")
+      .greater_than(0).at_most(1);
+  s.add_int("dynamics.max_rejections", 50, "adaptive: rejected steps in a row before failing")
+      .at_least(1);
+  s.add_int("dynamics.max_steps", 1000000, "adaptive: steps per run (accepted + rejected)")
+      .at_least(1);
   s.add_bool("dynamics.train_tau", false, "tau is a trainable parameter");
   s.add_enum("dynamics.tau_parametrization", {"raw", "softplus"}, "raw",
              "raw tau (DynVision) or tau = softplus(s), positive by construction");
@@ -421,21 +444,78 @@ void apply_taus(Graph& g, const Config& cfg) {
 SolverSpec solver_spec(const Config& cfg) {
   SolverSpec s(cfg.get_string("dynamics.solver"));
   const auto a = cfg.get_doubles("dynamics.tableau_a"), b = cfg.get_doubles("dynamics.tableau_b"),
-             c = cfg.get_doubles("dynamics.tableau_c");
-  if (s.name != "tableau") {
-    if (!a.empty() || !b.empty() || !c.empty())
-      throw ConfigError(concat(cfg.where("dynamics.tableau_b"),
-                               ": dynamics.tableau_* are used only with solver = \"tableau\""));
+             c = cfg.get_doubles("dynamics.tableau_c"),
+             bhat = cfg.get_doubles("dynamics.tableau_bhat");
+  const bool user = s.name == "tableau" || s.name == "tableau-embedded";
+  const bool embedded = s.name == "bs32" || s.name == "dopri5" || s.name == "tableau-embedded";
+  // Keys that only an embedded pair reads: set to anything but their default with another
+  // solver, they would be ignored. (A written-out config holds every key at its default.)
+  if (!embedded) {
+    const AdaptiveOptions d;
+    auto differs = [&](const char* k, double v, double def) {
+      if (v != def)
+        throw ConfigError(concat(cfg.where(k), ": ", k, " is used only with the embedded pairs "
+                                 "(solver = bs32, dopri5 or tableau-embedded), not with solver = "
+                                 "\"", s.name, "\""));
+    };
+    differs("dynamics.adaptive", cfg.get_bool("dynamics.adaptive") ? 1 : 0, 1);
+    differs("dynamics.rtol", cfg.get_double("dynamics.rtol"), d.rtol);
+    differs("dynamics.atol", cfg.get_double("dynamics.atol"), d.atol);
+    differs("dynamics.dt_max", cfg.get_double("dynamics.dt_max"), d.dt_max);
+    differs("dynamics.dt_min", cfg.get_double("dynamics.dt_min"), d.dt_min);
+    differs("dynamics.safety", cfg.get_double("dynamics.safety"), d.safety);
+    differs("dynamics.max_rejections", double(cfg.get_int("dynamics.max_rejections")),
+            d.max_rejections);
+    differs("dynamics.max_steps", double(cfg.get_int("dynamics.max_steps")),
+            double(d.max_steps));
+  }
+  if (embedded) {
+    s.adaptive = cfg.get_bool("dynamics.adaptive");
+    AdaptiveOptions& o = s.control;
+    o.rtol = cfg.get_double("dynamics.rtol");
+    o.atol = cfg.get_double("dynamics.atol");
+    o.dt_max = cfg.get_double("dynamics.dt_max");
+    o.dt_min = cfg.get_double("dynamics.dt_min");
+    o.safety = cfg.get_double("dynamics.safety");
+    o.max_rejections = int(cfg.get_int("dynamics.max_rejections"));
+    o.max_steps = cfg.get_int("dynamics.max_steps");
+    if (o.dt_max > 0 && o.dt_min > o.dt_max)
+      throw ConfigError(concat(cfg.where("dynamics.dt_min"), ": dynamics.dt_min = ", o.dt_min,
+                               " is larger than dynamics.dt_max = ", o.dt_max));
+  }
+  if (!user) {
+    const char* given = !a.empty()    ? "dynamics.tableau_a"
+                        : !b.empty()    ? "dynamics.tableau_b"
+                        : !c.empty()    ? "dynamics.tableau_c"
+                        : !bhat.empty() ? "dynamics.tableau_bhat"
+                        : cfg.get_int("dynamics.tableau_order") != 0 ? "dynamics.tableau_order"
+                        : cfg.get_int("dynamics.tableau_embedded_order") != 0
+                            ? "dynamics.tableau_embedded_order"
+                            : nullptr;
+    if (given)
+      throw ConfigError(concat(cfg.where(given), ": dynamics.tableau_* are used only with "
+                               "solver = \"tableau\" or \"tableau-embedded\""));
     return s;
   }
+  if (s.name == "tableau" && !bhat.empty())
+    throw ConfigError(concat(cfg.where("dynamics.tableau_bhat"), ": dynamics.tableau_bhat needs "
+                             "solver = \"tableau-embedded\" (solver = \"tableau\" has one "
+                             "weight row)"));
   const size_t n = b.size();
   if (n == 0 || c.size() != n || a.size() != n * n)
-    throw ConfigError(concat(cfg.where("dynamics.solver"), ": solver = \"tableau\" needs b and c ",
-                             "with s entries and a with s*s entries (row by row); got ", a.size(),
-                             ", ", b.size(), " and ", c.size()));
-  s.tableau.name = "tableau";
+    throw ConfigError(concat(cfg.where("dynamics.solver"), ": solver = \"", s.name,
+                             "\" needs b and c with s entries and a with s*s entries (row by "
+                             "row); got ", a.size(), ", ", b.size(), " and ", c.size()));
+  if (s.name == "tableau-embedded" && bhat.size() != n)
+    throw ConfigError(concat(cfg.where(bhat.empty() ? "dynamics.solver" : "dynamics.tableau_bhat"),
+                             ": solver = \"tableau-embedded\" needs dynamics.tableau_bhat with ",
+                             n, " entries; got ", bhat.size()));
+  s.tableau.name = s.name;
   s.tableau.b = b;
   s.tableau.c = c;
+  s.tableau.bhat = bhat;
+  s.tableau.order = int(cfg.get_int("dynamics.tableau_order"));
+  s.tableau.embedded_order = int(cfg.get_int("dynamics.tableau_embedded_order"));
   for (size_t i = 0; i < n; ++i) s.tableau.a.emplace_back(a.begin() + long(i * n), a.begin() + long((i + 1) * n));
   try {
     s.resolved_tableau();

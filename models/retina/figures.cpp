@@ -65,22 +65,6 @@ std::string upper(std::string s) {
   return s;
 }
 
-// Runs argv without a shell; the exit status, or -1 when it could not be started.
-int spawn_wait(const std::vector<std::string>& args) {
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  const bool search = args[0].find('/') == std::string::npos;
-  const int rc = search ? posix_spawnp(&pid, argv[0], nullptr, nullptr, argv.data(), environ)
-                        : posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ);
-  if (rc != 0) return -1;
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return -1;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
 
 // "" when drawn, else why not.
 std::string plot(const FigurePlotter& p, const std::string& name, const std::string& json_path,
@@ -100,6 +84,23 @@ std::string plot(const FigurePlotter& p, const std::string& name, const std::str
 }
 
 }  // namespace
+
+// Runs argv without a shell (figures.h); the exit status, or -1 when it could not be started.
+int spawn_wait(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const bool search = args[0].find('/') == std::string::npos;
+  const int rc = search ? posix_spawnp(&pid, argv[0], nullptr, nullptr, argv.data(), environ)
+                        : posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ);
+  if (rc != 0) return -1;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
 
 const std::vector<std::string>& figure_names() {
   static const std::vector<std::string> n = {"F1", "F2", "F3", "F4", "F6", "F7"};

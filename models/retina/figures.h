@@ -51,4 +51,8 @@ void prepare_output_dir(const std::string& dir);
 FigureFiles make_figure(const std::string& name, const Config& cfg, const std::string& dir,
                         const FigurePlotter& plot, std::ostream* log);
 
+// Runs argv without a shell; its exit status, or -1 when it could not be started (also used by
+// `dynsim solvers --plot`).
+int spawn_wait(const std::vector<std::string>& args);
+
 }  // namespace dynsim::retina

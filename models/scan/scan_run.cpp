@@ -51,7 +51,15 @@ Config run_config(const scan::Job& j, const ConfigSchema& schema) {
 }
 
 // The config without what the engine varies per sample in one batch.
+// Adaptive solvers are not packed: their one step schedule per batch would couple the runs,
+// so a packed run would not give the result it gives alone. Their key is the whole config.
 std::string simulate_pack_key(const nlohmann::json& config) {
+  if (config.contains("dynamics")) {
+    const nlohmann::json& d = config["dynamics"];
+    const std::string solver = d.value("solver", std::string("euler"));
+    const bool embedded = solver == "bs32" || solver == "dopri5" || solver == "tableau-embedded";
+    if (embedded && d.value("adaptive", true)) return "adaptive:" + scan::canonical(config);
+  }
   nlohmann::json c = config;
   c.erase("stimulus");
   if (c.contains("simulation")) c["simulation"].erase("batch"), c["simulation"].erase("output");

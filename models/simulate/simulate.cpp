@@ -106,8 +106,19 @@ SimResult simulate(const Config& cfg, Graph& g, Tensor input) {
   if (tf32 && dev == "cpu")
     cfg.fail("simulation.precision", "tf32 needs a CUDA device (simulation.device = 'cpu')");
   bool on_cuda = dev == "cuda";
+  const SolverSpec spec = solver_spec(cfg);
+  if (spec.is_adaptive() && bf16)
+    cfg.fail("dynamics.solver", concat("the adaptive solver ", spec.name, " runs in f32 or f64, "
+                                       "not bf16 (simulation.precision); or set "
+                                       "dynamics.adaptive = false"));
+  if (spec.is_adaptive() && dev == "cuda")
+    cfg.fail("dynamics.solver", concat("the adaptive solver ", spec.name, " runs on the CPU for "
+                                       "now (simulation.device = 'cuda'); or set "
+                                       "dynamics.adaptive = false"));
   if (dev == "auto" && cuda_device_count() > 0) {
-    const std::string why = cuda_unsupported(g, input.dtype());
+    std::string why = cuda_unsupported(g, input.dtype());
+    if (why.empty() && spec.is_adaptive())
+      why = concat("the adaptive solver ", spec.name, " runs on the CPU");
     on_cuda = why.empty();
     if (!on_cuda) res.device_note = concat("cpu (auto: ", why, ")");
   }
@@ -123,11 +134,13 @@ SimResult simulate(const Config& cfg, Graph& g, Tensor input) {
   bool cpu_fallback = false;
   auto run = [&](const ContextOptions& o) {
     Context ctx(o);
-    Scheduler sched(ctx, g, solver_spec(cfg));
+    Scheduler sched(ctx, g, spec);
     RunOptions r = res.options;
     // auto: simulation.cuda_graph applies where the run is on the device.
     if (dev == "auto" && (!on_cuda || cpu_fallback)) r.cuda_graph = false;
-    return sched.run(input, r);
+    Recording rec = sched.run(input, r);
+    res.adaptive = sched.adaptive_stats();
+    return rec;
   };
   try {
     res.rec = run(co);
@@ -184,6 +197,14 @@ nlohmann::json write_outputs(const Config& cfg, const Graph& g, const SimResult&
   if (with_timing) {
     summary["wall_seconds"] = r.wall_seconds;
     summary["steps_per_second"] = double(rec.steps + ro.idle_steps) / r.wall_seconds;
+  }
+  if (r.adaptive.accepted > 0) {
+    const AdaptiveStats& a = r.adaptive;
+    summary["adaptive"] = {{"accepted_steps", a.accepted},     {"rejected_steps", a.rejected},
+                           {"drive_evaluations", a.evaluations}, {"h_min_ms", a.h_min},
+                           {"h_median_ms", a.h_median},          {"h_max_ms", a.h_max},
+                           {"rtol", cfg.get_double("dynamics.rtol")},
+                           {"atol", cfg.get_double("dynamics.atol")}};
   }
   summary["warnings"] = g.warnings;
   summary["parameters"] = g.params.count(false);

@@ -23,6 +23,7 @@ struct SimResult {
   std::string precision;       // "fp32", "tf32", "bf16"
   double wall_seconds = 0;     // the Scheduler run (a failed device attempt included)
   int64_t batch = 0;           // samples in rec
+  AdaptiveStats adaptive;      // adaptive solvers: steps, rejections, evaluations, step sizes
 };
 
 // Runs graph g on input (from build_stimulus; rounded to bf16 here when the config asks for it)

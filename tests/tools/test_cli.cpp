@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -146,6 +147,18 @@ TEST_CASE("cli: bad inputs give their exit code and message and write nothing") 
       {corpus("small.toml") + " --set dynamics.solver=tableau --set 'dynamics.tableau_a=[0,0,1,0]'"
                               " --set 'dynamics.tableau_b=[0.5,0.4]' --set 'dynamics.tableau_c=[0,1]'",
        78, {"dynamics.solver", "the weights b sum to 0.9"}},
+      {corpus("small.toml") + " --set dynamics.solver=dopri5 --set dynamics.rtol=0",
+       78, {"dynamics.rtol", "> 0"}},
+      {corpus("small.toml") + " --set dynamics.solver=bs32 --set dynamics.atol=-1",
+       78, {"dynamics.atol"}},
+      {corpus("small.toml") + " --set dynamics.solver=bs32 --set dynamics.dt_max=-1",
+       78, {"dynamics.dt_max"}},
+      {corpus("small.toml") + " --set dynamics.rtol=1e-4",
+       78, {"dynamics.rtol", "used only with the embedded pairs"}},
+      {corpus("small.toml") + " --set dynamics.solver=dopri5 --set simulation.device=cuda",
+       78, {"dynamics.solver", "runs on the CPU"}},
+      {corpus("small.toml") + " --set dynamics.solver=dopri5 --set simulation.precision=bf16",
+       78, {"dynamics.solver", "not bf16"}},
       {corpus("tau_zero.toml"), 78, {"tau_zero.toml:3:7", "dynamics.tau", "> 0"}},
       {corpus("negative_delay.toml"), 78, {"negative_delay.toml:3:16", "dynamics.t_recurrence"}},
       {corpus("small.toml") + " --set dynamics.dt=-1", 78, {"--set dynamics.dt=-1", "dynamics.dt"}},
@@ -181,6 +194,78 @@ TEST_CASE("cli: bad inputs give their exit code and message and write nothing") 
     for (const std::string& m : c.message) CHECK_MESSAGE(r.err.find(m) != std::string::npos, m);
     if (c.code == 65 || c.code == 78)  // one clear line from dynsim itself (not CLI11's usage)
       CHECK(r.err.rfind("dynsim: error: ", 0) == 0);
+    CHECK(listing(cwd.path()) == before);
+  }
+}
+
+TEST_CASE("cli: an adaptive solver runs on the CPU and reports its steps in summary.json") {
+  TempDir cwd;
+  const Result r = run_cli(cwd.path(), "simulate -q " + corpus("small.toml") +
+                                           " --set dynamics.solver=dopri5 --set dynamics.rtol=1e-4"
+                                           " --set simulation.device=auto -o out");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const nlohmann::json s = nlohmann::json::parse(read_text(cwd.path() / "out/summary.json"));
+  REQUIRE(s.contains("adaptive"));
+  const nlohmann::json& a = s["adaptive"];
+  CHECK(a["accepted_steps"].get<int64_t>() >= s["steps"].get<int64_t>());
+  CHECK(a["drive_evaluations"].get<int64_t>() >= 6 * a["accepted_steps"].get<int64_t>());
+  CHECK(a["h_max_ms"].get<double>() <= s["dt_ms"].get<double>() + 1e-12);
+  CHECK(a["rtol"].get<double>() == 1e-4);
+  CHECK(s["device"].get<std::string>().rfind("cpu", 0) == 0);
+  // Fixed-step dopri5 takes one step per dt and reports no adaptive block.
+  const Result f = run_cli(cwd.path(), "simulate -q " + corpus("small.toml") +
+                                           " --set dynamics.solver=dopri5"
+                                           " --set dynamics.adaptive=false -o fixed");
+  REQUIRE_MESSAGE(f.code == 0, f.err);
+  CHECK_FALSE(nlohmann::json::parse(read_text(cwd.path() / "fixed/summary.json"))
+                  .contains("adaptive"));
+}
+
+TEST_CASE("cli: dynsim solvers writes CSV, JSON and PNG with orders near theory") {
+  TempDir cwd;
+  const std::string base = "solvers -q --solvers heun,rk4-classic,bs32,dopri5 --dt 0.5,0.25,0.125 "
+                           "--rtol 1e-4,1e-6 ";
+  for (std::string c : {"leak", "linear-chain", "delayed-leak"}) {
+    CAPTURE(c);
+    const Result r = run_cli(cwd.path(), base + "--case " + c + " -o " + c);
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const fs::path d = cwd.path() / c;
+    CHECK(fs::file_size(d / "solvers.png") > 1000);
+    const std::string csv = read_text(d / "solvers.csv");
+    CHECK(csv.rfind("solver,mode,dt_ms,rtol,max_abs_error", 0) == 0);
+    CHECK(std::count(csv.begin(), csv.end(), '\n') == 1 + 4 * 3 + 2 * 2);
+    const nlohmann::json j = nlohmann::json::parse(read_text(d / "solvers.json"));
+    CHECK(j["case"] == c);
+    CHECK(j["precision"] == "f64");
+    CHECK_FALSE(j["machine"]["cpu"].get<std::string>().empty());
+    REQUIRE(j["orders"].size() == 4);
+    for (const auto& o : j["orders"]) {
+      CAPTURE(o.dump());
+      CHECK(std::abs(o["observed"].get<double>() - o["expected"].get<double>()) < 0.6);
+    }
+    for (const auto& row : j["rows"])
+      if (row["mode"] == "adaptive")  // within 10x of the asked tolerance
+        CHECK(row["max_abs_error"].get<double>() < 10 * row["rtol"].get<double>() * 1.5);
+  }
+  // Bad input: exit code, message, nothing written.
+  struct Bad {
+    std::string args;
+    int code;
+    std::string message;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {"--case spiral", 78, "unknown case 'spiral'"},
+           {"--case leak --dt 0.3,0.2", 78, "does not divide"},
+           {"--case delayed-leak --dt 0.5,0.3", 78, "--dt"},
+           {"--case leak --solvers rk5", 78, "--solvers"},
+           {"--case leak --rtol 0", 78, "--rtol"},
+           {"--case leak --dt 0.5,x", 64, "'x' is not a number"},
+           {"--case leak -o leak", 64, "exists"}}) {
+    CAPTURE(b.args);
+    const auto before = listing(cwd.path());
+    const Result r = run_cli(cwd.path(), "solvers -q " + b.args + (b.args.find("-o") == std::string::npos ? " -o new" : ""));
+    CHECK_MESSAGE(r.code == b.code, r.err);
+    CHECK_MESSAGE(r.err.find(b.message) != std::string::npos, r.err);
     CHECK(listing(cwd.path()) == before);
   }
 }

@@ -168,6 +168,32 @@ values = [0.5, 1.0]
   CHECK(oa == op);
 }
 
+TEST_CASE("scan run: adaptive solvers are not packed (one step schedule per batch)") {
+  TempDir t;
+  const std::string grid = R"([scan]
+kind = "simulate"
+[scan.set]
+"model.preset" = "DyRCNNx2"
+"model.input_height" = 16
+"model.input_width" = 16
+"simulation.steps" = 3
+"dynamics.solver" = "bs32"
+[[axis]]
+key = "dynamics.tau"
+values = [3.0, 7.5]
+[[axis]]
+key = "stimulus.contrast"
+values = [0.5, 1.0]
+)";
+  const fs::path alone = expand_into(t.path(), grid, "alone");
+  const fs::path packed = expand_into(t.path(), grid, "packed");
+  CHECK(run(alone, 1).groups == 4);
+  CHECK(run(packed, 8).groups == 4);  // --pack 8 asked, each run still alone
+  const auto oa = outputs(alone), op = outputs(packed);
+  REQUIRE(oa.size() == 4);
+  CHECK(oa == op);
+}
+
 TEST_CASE("scan run: reruns skip done runs, redo torn ones, reclaim stale leases") {
   TempDir t;
   const std::string small = std::string(kGrid).substr(0, std::string(kGrid).find("[[axis]]\nkey = \"stimulus.contrast\""));

@@ -1,6 +1,7 @@
 // OperatorRunner (engine/dynamics/operators.h): each OpKind becomes a fixed list of kernel calls.
 #include "engine/dynamics/operators.h"
 
+#include <cmath>
 #include <functional>
 
 #include "kernels/dispatch.h"
@@ -21,11 +22,24 @@ struct OperatorRunner::Impl {
   LocalSheetMap sheet;        // Local / LocalDepthwise
   bool resize = false;        // a nearest resize follows the operator (not folded into a stride)
   int64_t calls = 0;          // forward() calls (forward_calls())
+  double flops_per_call = 0;  // the convolutions' FLOPs of one forward() (forward_flops())
+  double flops = 0;           // FLOPs of the forward() calls so far
   bool scalars_read = false;  // Self: w_value, b_value hold w and b (begin_run)
   double w_value = 0, b_value = 0;
 };
 
 namespace {
+
+// FLOPs of one convolution of a [B, *, h, w] input with weight w ([Cout, Cin/groups, kh, kw]):
+// 2 per multiply-add, plus one per output for the bias.
+double conv_flops(int B, int h, int w, const Tensor& wt, const Conv2dParams& p, bool bias) {
+  if (!wt.defined() || wt.rank() != 4) return 0;
+  const double kh = double(wt.dim(2)), kw = double(wt.dim(3));
+  const double oh = std::floor((h + 2.0 * p.pad_h - kh) / p.stride_h) + 1;
+  const double ow = std::floor((w + 2.0 * p.pad_w - kw) / p.stride_w) + 1;
+  const double outputs = double(B) * double(wt.dim(0)) * oh * ow;
+  return outputs * (2.0 * double(wt.dim(1)) * kh * kw + (bias ? 1.0 : 0.0));
+}
 
 Conv2dParams same_pad(int k, int stride, int groups) {
   Conv2dParams p;
@@ -133,6 +147,31 @@ OperatorRunner::OperatorRunner(Context& ctx, const OpSpec& op, ParamStore& param
   }
   if (m.resize) m.pre_resize = buf(oc, oh, ow);
   m.out = Shape{B, oc, op.resize_h ? op.resize_h : oh, op.resize_w ? op.resize_w : ow};
+  switch (op.kind) {
+    case OpKind::Conv:
+      m.flops_per_call = conv_flops(B, H, W, m.w1, m.p1, m.b1.defined());
+      break;
+    case OpKind::TwoStage:
+      m.flops_per_call = conv_flops(B, H, W, m.w1, m.p1, m.b1.defined()) +
+                         conv_flops(B, oh, ow, m.w2, m.p2, m.b2.defined());
+      break;
+    case OpKind::DepthPoint:
+    case OpKind::PointDepth:
+      m.flops_per_call = conv_flops(B, H, W, m.w1, m.p1, m.b1.defined()) +
+                         conv_flops(B, H, W, m.w2, m.p2, m.b2.defined());
+      break;
+    case OpKind::Local:
+    case OpKind::LocalDepthwise:
+      m.flops_per_call = conv_flops(B, m.sheet.plane_h(), m.sheet.plane_w(), m.w1, m.p1,
+                                    m.b1.defined()) +
+                         conv_flops(B, H, W, m.w2, m.p2, m.b2.defined());
+      break;
+    case OpKind::Self:  // w x + b per element
+      m.flops_per_call = 2.0 * double(B) * C * H * W;
+      break;
+    case OpKind::Identity:
+      break;
+  }
 }
 
 OperatorRunner::~OperatorRunner() = default;
@@ -140,6 +179,7 @@ OperatorRunner::OperatorRunner(OperatorRunner&&) noexcept = default;
 
 Shape OperatorRunner::output_shape() const { return impl_->out; }
 int64_t OperatorRunner::forward_calls() const { return impl_->calls; }
+double OperatorRunner::forward_flops() const { return impl_->flops; }
 bool OperatorRunner::strided() const {
   return impl_->p1.stride_h != impl_->op.stride || impl_->p1.stride_w != impl_->op.stride;
 }
@@ -156,8 +196,10 @@ void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
                              const Tensor& input_add, const Tensor& middle_add) {
   Impl& m = *impl_;
   ++m.calls;
+  m.flops += m.flops_per_call;
   Tensor x = x_in;
   if (input_add.defined()) {
+    m.flops += double(x_in.numel());
     ops::add(ctx, x_in, input_add, m.input_sum);
     x = m.input_sum;
   }

@@ -30,6 +30,9 @@ class OperatorRunner {
   Shape output_shape() const;  // [B, C, H, W] after the optional resize
   bool strided() const;        // the downsample became the conv's stride (OperatorOptions)
   int64_t forward_calls() const;  // forward() calls so far (benchmarks and tests count work)
+  // FLOPs of the forward() calls so far: the convolutions (2 per multiply-add, 1 per bias add),
+  // the self recurrence's w x + b, and the input term's add; resizes and copies count nothing.
+  double forward_flops() const;
   // Reads the operator's host-side scalars (the self recurrence's w and b) once; forward then
   // uses these values until the next begin_run instead of reading them on every call (which
   // on CUDA is a device-to-host copy and a stream sync per step). Call it whenever the

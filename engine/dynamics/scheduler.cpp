@@ -246,7 +246,9 @@ Recording Scheduler::Impl::run(const Tensor& input, const RunOptions& opt) {
   allocate(B, input.dtype(), opt.fast_paths);
   steps_of_run = T;
   last_calls = 0;
+  last_flops = 0;
   const int64_t calls_at_start = total_calls();
+  flops_at_start = total_flops();
   const size_t A = g.areas.size();
   refresh_parameters();
   const std::vector<uint8_t> repeats =
@@ -282,6 +284,7 @@ Recording Scheduler::Impl::run(const Tensor& input, const RunOptions& opt) {
   const std::unique_ptr<StabilityProbes> probes = make_probes(opt);
   step_loop(seq, opt, repeats, chunk, recorder, probes.get());
   last_calls = total_calls() - calls_at_start;
+  last_flops = total_flops() - flops_at_start;
   if (adaptive) finish_adaptive_stats();
   if (probes) probes->check_all();
   return recorder.finish();
@@ -355,6 +358,7 @@ Recording Scheduler::Impl::run_graph(const Tensor& input, const RunOptions& opt,
     const std::unique_ptr<StabilityProbes> probes = make_probes(opt);
     step_loop(cg.input, opt, repeats, chunk, recorder, probes.get());
     last_calls = total_calls() - calls_at_start;
+    last_flops = total_flops() - flops_at_start;
     cg.warmed = true;
     if (probes) probes->check_all();
     return recorder.finish();
@@ -381,10 +385,12 @@ Recording Scheduler::Impl::run_graph(const Tensor& input, const RunOptions& opt,
                          e.what()));
     }
     cg.calls = total_calls() - calls_at_start;
+    cg.flops = total_flops() - flops_at_start;
     cg.bound = std::move(bound);
   }
   cg.exec.launch(ctx.stream());
   last_calls = cg.calls;
+  last_flops = cg.flops;
   if (cg.probes) cg.probes->check_all();
   return cg.recorder->copy_out();
 }
@@ -392,6 +398,12 @@ Recording Scheduler::Impl::run_graph(const Tensor& input, const RunOptions& opt,
 int64_t Scheduler::Impl::total_calls() const {
   int64_t n = input_runner ? input_runner->forward_calls() : 0;
   for (const OperatorRunner& r : runners) n += r.forward_calls();
+  return n;
+}
+
+double Scheduler::Impl::total_flops() const {
+  double n = input_runner ? input_runner->forward_flops() : 0;
+  for (const OperatorRunner& r : runners) n += r.forward_flops();
   return n;
 }
 
@@ -404,6 +416,7 @@ Recording Scheduler::run(const Tensor& input, const RunOptions& opt) {
   return impl_->run(input, opt);
 }
 int64_t Scheduler::operator_calls() const { return impl_->last_calls; }
+double Scheduler::operator_flops() const { return impl_->last_flops; }
 AdaptiveStats Scheduler::adaptive_stats() const {
   return impl_->adaptive ? impl_->stats : AdaptiveStats{};
 }

@@ -144,11 +144,14 @@ struct Scheduler::Impl {
     std::unique_ptr<StabilityProbes> probes;
     CudaGraph exec;
     int64_t calls = 0;  // operator evaluations of the captured loop
+    double flops = 0;   // their FLOPs
   };
   GraphState cg;
 
   std::vector<Tensor> argmax_bufs;  // per pooled area (allocate())
   int64_t last_calls = 0;           // operator evaluations of the last run
+  double last_flops = 0;            // their FLOPs (OperatorRunner::forward_flops)
+  double flops_at_start = 0;        // total_flops() when the last run began
 
   // scheduler.cpp: construction, buffers, parameters, the run entry points, CUDA-graph replay.
   Impl(Context& c, Graph& graph, const SolverSpec& s);
@@ -163,6 +166,7 @@ struct Scheduler::Impl {
   Recording run_graph(const Tensor& input, const RunOptions& opt,
                       const std::vector<uint8_t>& repeats, int chunk, int64_t calls_at_start);
   int64_t total_calls() const;
+  double total_flops() const;
   const Tensor& argmax_buf(int a) const;
 
   // scheduler_rings.cpp: forwarded and delayed values, Hermite history reads.

@@ -76,6 +76,7 @@ WorkPrecisionRow run_one(const WorkPrecisionOptions& o, const SolverSpec& spec, 
   }
   row.rel_l2 = sr > 0 ? std::sqrt(se / sr) : std::sqrt(se);
   row.operator_calls = sched.operator_calls();
+  row.flops = sched.operator_flops();
   const AdaptiveStats st = sched.adaptive_stats();
   if (spec.is_adaptive()) {
     row.evaluations = st.evaluations;
@@ -186,11 +187,11 @@ std::string work_precision_csv(const WorkPrecisionResult& r) {
   std::ostringstream s;
   s.precision(10);
   s << "solver,mode,dt_ms,rtol,max_abs_error,rel_l2_error,wall_seconds,drive_evaluations,"
-       "operator_calls,accepted_steps,rejected_steps\n";
+       "operator_calls,flops,accepted_steps,rejected_steps\n";
   for (const WorkPrecisionRow& w : r.rows)
     s << w.solver << ',' << w.mode << ',' << w.dt << ',' << w.rtol << ',' << w.max_abs << ','
       << w.rel_l2 << ',' << w.wall_seconds << ',' << w.evaluations << ',' << w.operator_calls
-      << ',' << w.accepted << ',' << w.rejected << '\n';
+      << ',' << w.flops << ',' << w.accepted << ',' << w.rejected << '\n';
   return s.str();
 }
 
@@ -216,6 +217,7 @@ nlohmann::json work_precision_json(const WorkPrecisionOptions& o, const WorkPrec
                          {"wall_seconds", w.wall_seconds},
                          {"drive_evaluations", w.evaluations},
                          {"operator_calls", w.operator_calls},
+                         {"flops", w.flops},
                          {"accepted_steps", w.accepted},
                          {"rejected_steps", w.rejected}});
   for (const auto& ord : r.orders)

@@ -1,7 +1,7 @@
 // Work-precision measurements of the solvers on cases with a closed-form solution
 // (`dynsim solvers --case ...`): for each solver and step (fixed-step) or tolerance (adaptive),
 // the error of every area's rate at every output time against the exact solution, and the cost
-// (wall time, network drive evaluations, operator calls), plus the observed order per solver.
+// (wall time, network drive evaluations, operator calls, their FLOPs), plus the observed order per solver.
 //
 // Cases (scalar areas, f64, the network from rest at step -1, input u from step 0):
 //   leak          tau dA/dt = -A + u:                   A(s) = u (1 - e^(-s/tau))
@@ -32,6 +32,7 @@ struct WorkPrecisionRow {
   double max_abs = 0, rel_l2 = 0;  // over every area and output time
   double wall_seconds = 0;
   int64_t evaluations = 0, operator_calls = 0, accepted = 0, rejected = 0;
+  double flops = 0;  // the operators' FLOPs (Scheduler::operator_flops)
 };
 
 struct WorkPrecisionResult {

@@ -199,3 +199,41 @@ TEST_CASE("operators: local sheet and local + depthwise") {
     check_gradients(operator_case(s));
   }
 }
+
+TEST_CASE("operators: forward_flops counts 2 per multiply-add and 1 per bias add, per call") {
+  Context ctx;
+  const int B = 2;
+  OpSpec conv;
+  conv.kind = OpKind::Conv;
+  conv.in_channels = 3;
+  conv.out_channels = 4;
+  conv.kernel = 3;
+  conv.in_h = conv.in_w = 5;
+  conv.params = {"c.weight", "c.bias"};
+  ParamStore ps;
+  ps.add("c.weight", random_uniform(Shape{4, 3, 3, 3}, -1, 1, 1, DType::F32));
+  ps.add("c.bias", random_uniform(Shape{4}, -1, 1, 2, DType::F32));
+  OperatorRunner r(ctx, conv, ps, B, DType::F32);
+  const Tensor x = random_uniform(Shape{B, 3, 5, 5}, -1, 1, 3, DType::F32);
+  const Tensor y = Tensor::empty(r.output_shape(), DType::F32);
+  CHECK(r.forward_flops() == 0);
+  r.forward(ctx, x, y);
+  // 2 x 4 x 5 x 5 outputs, each 3 x 3 x 3 multiply-adds and one bias add.
+  CHECK(r.forward_flops() == doctest::Approx(2.0 * 4 * 5 * 5 * (2 * 27 + 1)));
+  r.forward(ctx, x, y, x);  // the input term adds one FLOP per input element
+  CHECK(r.forward_flops() == doctest::Approx(2 * 2.0 * 4 * 5 * 5 * (2 * 27 + 1) + 2 * 3 * 25));
+
+  // A TwoStage operator with stride 2: conv1 on 5x5 -> 3x3, conv2 (stride 1) on 3x3, no bias.
+  OpSpec two = conv;
+  two.kind = OpKind::TwoStage;
+  two.stride = 2;
+  two.mid_channels = 6;
+  two.bias = false;
+  two.params = {"t.w1", "t.w2"};
+  ps.add("t.w1", random_uniform(Shape{6, 3, 3, 3}, -1, 1, 4, DType::F32));
+  ps.add("t.w2", random_uniform(Shape{4, 6, 3, 3}, -1, 1, 5, DType::F32));
+  OperatorRunner t(ctx, two, ps, B, DType::F32);
+  const Tensor yt = Tensor::empty(t.output_shape(), DType::F32);
+  t.forward(ctx, x, yt);
+  CHECK(t.forward_flops() == doctest::Approx(2.0 * 6 * 9 * (2 * 27) + 2.0 * 4 * 9 * (2 * 54)));
+}

@@ -22,7 +22,7 @@ struct OperatorRunner::Impl {
   LocalSheetMap sheet;        // Local / LocalDepthwise
   bool resize = false;        // a nearest resize follows the operator (not folded into a stride)
   int64_t calls = 0;          // forward() calls (forward_calls())
-  double flops_per_call = 0;  // the convolutions' FLOPs of one forward() (forward_flops())
+  double flops_per_call = 0;  // FLOPs of one forward() without its added terms
   double flops = 0;           // FLOPs of the forward() calls so far
   bool scalars_read = false;  // Self: w_value, b_value hold w and b (begin_run)
   double w_value = 0, b_value = 0;
@@ -211,7 +211,10 @@ void OperatorRunner::forward(Context& ctx, const Tensor& x_in, const Tensor& y,
     case OpKind::TwoStage:
       ops::conv2d_forward(ctx, m.p1, x, m.w1, m.b1, m.mid1);
       ops::relu_forward(ctx, m.mid1, m.mid1);
-      if (middle_add.defined()) ops::add(ctx, m.mid1, middle_add, m.mid2);
+      if (middle_add.defined()) {
+        m.flops += double(middle_add.numel());
+        ops::add(ctx, m.mid1, middle_add, m.mid2);
+      }
       ops::conv2d_forward(ctx, m.p2, middle_add.defined() ? m.mid2 : m.mid1, m.w2, m.b2, dst);
       break;
     case OpKind::DepthPoint:

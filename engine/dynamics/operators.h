@@ -31,7 +31,8 @@ class OperatorRunner {
   bool strided() const;        // the downsample became the conv's stride (OperatorOptions)
   int64_t forward_calls() const;  // forward() calls so far (benchmarks and tests count work)
   // FLOPs of the forward() calls so far: the convolutions (2 per multiply-add, 1 per bias add),
-  // the self recurrence's w x + b, and the input term's add; resizes and copies count nothing.
+  // the self recurrence's w x + b, and the input and middle terms' adds; resizes, copies and
+  // the ReLU between two stages count nothing.
   double forward_flops() const;
   // Reads the operator's host-side scalars (the self recurrence's w and b) once; forward then
   // uses these values until the next begin_run instead of reading them on every call (which

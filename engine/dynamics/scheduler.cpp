@@ -247,7 +247,7 @@ Recording Scheduler::Impl::run(const Tensor& input, const RunOptions& opt) {
   steps_of_run = T;
   last_calls = 0;
   last_flops = 0;
-  const int64_t calls_at_start = total_calls();
+  calls_at_start = total_calls();
   flops_at_start = total_flops();
   const size_t A = g.areas.size();
   refresh_parameters();
@@ -277,14 +277,13 @@ Recording Scheduler::Impl::run(const Tensor& input, const RunOptions& opt) {
   std::fill(memory_present.begin(), memory_present.end(), 0);
   fwd_src.assign(A, nullptr);
   if (adaptive) begin_adaptive_run();
-  if (opt.cuda_graph) return run_graph(input, opt, repeats, chunk, calls_at_start);
+  if (opt.cuda_graph) return run_graph(input, opt, repeats, chunk);
   // A host sequence on a CUDA context goes over once, not frame by frame.
   const Tensor seq = input.device() == ctx.device() ? input : ctx.to_device(input);
   Recorder recorder(ctx, g, B, T, readout_classes(), dtype, opt.record);
   const std::unique_ptr<StabilityProbes> probes = make_probes(opt);
   step_loop(seq, opt, repeats, chunk, recorder, probes.get());
-  last_calls = total_calls() - calls_at_start;
-  last_flops = total_flops() - flops_at_start;
+  count_work();
   if (adaptive) finish_adaptive_stats();
   if (probes) probes->check_all();
   return recorder.finish();
@@ -344,8 +343,7 @@ std::vector<uint64_t> Scheduler::Impl::bindings() {
 // library workspaces reach their size), the next captures step_loop and launches it, later
 // ones launch it (capturing anew when bindings() changed).
 Recording Scheduler::Impl::run_graph(const Tensor& input, const RunOptions& opt,
-                                     const std::vector<uint8_t>& repeats, int chunk,
-                                     int64_t calls_at_start) {
+                                     const std::vector<uint8_t>& repeats, int chunk) {
   std::vector<uint64_t> key = graph_key(input, opt, repeats, chunk);
   if (key != cg.key) {
     cg = GraphState{};
@@ -357,8 +355,7 @@ Recording Scheduler::Impl::run_graph(const Tensor& input, const RunOptions& opt,
     Recorder recorder(ctx, g, batch, steps_of_run, readout_classes(), dtype, opt.record);
     const std::unique_ptr<StabilityProbes> probes = make_probes(opt);
     step_loop(cg.input, opt, repeats, chunk, recorder, probes.get());
-    last_calls = total_calls() - calls_at_start;
-    last_flops = total_flops() - flops_at_start;
+    count_work();
     cg.warmed = true;
     if (probes) probes->check_all();
     return recorder.finish();
@@ -384,8 +381,9 @@ Recording Scheduler::Impl::run_graph(const Tensor& input, const RunOptions& opt,
                          "cuda_graph): ",
                          e.what()));
     }
-    cg.calls = total_calls() - calls_at_start;
-    cg.flops = total_flops() - flops_at_start;
+    count_work();  // the capture records the loop's calls; replays make none on the host
+    cg.calls = last_calls;
+    cg.flops = last_flops;
     cg.bound = std::move(bound);
   }
   cg.exec.launch(ctx.stream());
@@ -399,6 +397,11 @@ int64_t Scheduler::Impl::total_calls() const {
   int64_t n = input_runner ? input_runner->forward_calls() : 0;
   for (const OperatorRunner& r : runners) n += r.forward_calls();
   return n;
+}
+
+void Scheduler::Impl::count_work() {
+  last_calls = total_calls() - calls_at_start;
+  last_flops = total_flops() - flops_at_start;
 }
 
 double Scheduler::Impl::total_flops() const {

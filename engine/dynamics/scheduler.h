@@ -97,8 +97,8 @@ class Scheduler {
   // Operator evaluations (engine/dynamics/operators.h: convolutions and the like, with the input
   // transform) of the last run: what the fast paths save, for tests and benchmarks.
   int64_t operator_calls() const;
-  // Their FLOPs (OperatorRunner::forward_flops: the convolutions, 2 per multiply-add; the leak
-  // steps, activations and readout are not counted).
+  // Their FLOPs (OperatorRunner::forward_flops: the convolutions at 2 per multiply-add, the
+  // self recurrence, the input and middle terms' adds; leak steps and readout are not counted).
   double operator_flops() const;
   // Steps, rejections, drive evaluations and step sizes of the last run of an adaptive solver
   // (engine/dynamics/solver.h; zero otherwise).

@@ -151,7 +151,8 @@ struct Scheduler::Impl {
   std::vector<Tensor> argmax_bufs;  // per pooled area (allocate())
   int64_t last_calls = 0;           // operator evaluations of the last run
   double last_flops = 0;            // their FLOPs (OperatorRunner::forward_flops)
-  double flops_at_start = 0;        // total_flops() when the last run began
+  int64_t calls_at_start = 0;       // total_calls() and total_flops() when the last run began
+  double flops_at_start = 0;
 
   // scheduler.cpp: construction, buffers, parameters, the run entry points, CUDA-graph replay.
   Impl(Context& c, Graph& graph, const SolverSpec& s);
@@ -164,9 +165,10 @@ struct Scheduler::Impl {
                                   const std::vector<uint8_t>& repeats, int chunk) const;
   std::vector<uint64_t> bindings();
   Recording run_graph(const Tensor& input, const RunOptions& opt,
-                      const std::vector<uint8_t>& repeats, int chunk, int64_t calls_at_start);
+                      const std::vector<uint8_t>& repeats, int chunk);
   int64_t total_calls() const;
   double total_flops() const;
+  void count_work();  // last_calls and last_flops: the work since the run began
   const Tensor& argmax_buf(int a) const;
 
   // scheduler_rings.cpp: forwarded and delayed values, Hermite history reads.

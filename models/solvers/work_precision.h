@@ -1,7 +1,8 @@
 // Work-precision measurements of the solvers on cases with a closed-form solution
 // (`dynsim solvers --case ...`): for each solver and step (fixed-step) or tolerance (adaptive),
 // the error of every area's rate at every output time against the exact solution, and the cost
-// (wall time, network drive evaluations, operator calls, their FLOPs), plus the observed order per solver.
+// (wall time, network drive evaluations, operator calls, their FLOPs), plus the observed order
+// per solver.
 //
 // Cases (scalar areas, f64, the network from rest at step -1, input u from step 0):
 //   leak          tau dA/dt = -A + u:                   A(s) = u (1 - e^(-s/tau))

@@ -243,6 +243,12 @@ TEST_CASE("cli: dynsim solvers writes CSV, JSON and PNG with orders near theory"
       CAPTURE(o.dump());
       CHECK(std::abs(o["observed"].get<double>() - o["expected"].get<double>()) < 0.6);
     }
+    // Every operator of these scalar graphs is a 1x1 conv without bias on one element: 2 FLOPs
+    // per call (Scheduler::operator_flops summed over the run's operators).
+    for (const auto& row : j["rows"]) {
+      CHECK(row["operator_calls"].get<int64_t>() > 0);
+      CHECK(row["flops"].get<double>() == 2.0 * row["operator_calls"].get<double>());
+    }
     for (const auto& row : j["rows"])
       if (row["mode"] == "adaptive")  // within 10x of the asked tolerance
         CHECK(row["max_abs_error"].get<double>() < 10 * row["rtol"].get<double>() * 1.5);

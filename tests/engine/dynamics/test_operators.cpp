@@ -235,5 +235,10 @@ TEST_CASE("operators: forward_flops counts 2 per multiply-add and 1 per bias add
   OperatorRunner t(ctx, two, ps, B, DType::F32);
   const Tensor yt = Tensor::empty(t.output_shape(), DType::F32);
   t.forward(ctx, x, yt);
-  CHECK(t.forward_flops() == doctest::Approx(2.0 * 6 * 9 * (2 * 27) + 2.0 * 4 * 9 * (2 * 54)));
+  const double two_stage = 2.0 * 6 * 9 * (2 * 27) + 2.0 * 4 * 9 * (2 * 54);
+  CHECK(t.forward_flops() == doctest::Approx(two_stage));
+  // The middle term adds one FLOP per element of conv1's output ([B, 6, 3, 3]).
+  const Tensor mid = random_uniform(Shape{B, 6, 3, 3}, -1, 1, 6, DType::F32);
+  t.forward(ctx, x, yt, {}, mid);
+  CHECK(t.forward_flops() == doctest::Approx(2 * two_stage + B * 6 * 9));
 }
